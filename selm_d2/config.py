@@ -1,0 +1,110 @@
+"""SelM-D2 config keys. ``add_selm_config(cfg)`` adds every key with its default.
+
+New keys live under SelM's own nodes (``MODEL.SELM``, ``MODEL.PVT``, ``INPUT.AVS``,
+``TEST.AVS``) so they never collide with detectron2's, on v0.6 or main. The solver keys
+(``SOLVER.OPTIMIZER``, ``SOLVER.BACKBONE_MULTIPLIER``) follow Mask2Former's names.
+"""
+from detectron2.config import CfgNode as CN
+
+
+def add_selm_config(cfg):
+    """Add SelM's keys (with defaults) to a detectron2 config, in place."""
+    # ---------------------------------------------------------------- model
+    cfg.MODEL.SELM = CN()
+    # K, the number of sounding-object classes: 1 for S4/MS3 (binary), 70 for AVSS.
+    # Outputs always carry K+1 channels, channel 0 = background.
+    cfg.MODEL.SELM.NUM_CLASSES = 1
+    # Width of the fused features that BCSM and CLEVER work on.
+    cfg.MODEL.SELM.HIDDEN_DIM = 256
+    # Pretrained visual encoder weights loaded when the model is built (ImageNet):
+    # torchvision/detectron2 ResNet, original PVT-v2 or timm PVT-v2 files. "" = from scratch.
+    # MODEL.WEIGHTS keeps its detectron2 meaning (a whole SelM checkpoint).
+    cfg.MODEL.SELM.VISUAL_WEIGHTS = ""
+    # Return BCSM selection weight maps in inference outputs (for heat maps, paper Fig. 5).
+    cfg.MODEL.SELM.RETURN_SELECTION_MAPS = False
+
+    # VGGish audio encoder (4 conv blocks, then fc layers).
+    cfg.MODEL.SELM.AUDIO = CN()
+    cfg.MODEL.SELM.AUDIO.WEIGHTS = ""  # e.g. vggish-10086976.pth; "" = from scratch
+    cfg.MODEL.SELM.AUDIO.FREEZE = True  # AVSBench protocol; gradients still reach DAM
+    cfg.MODEL.SELM.AUDIO.CHANNELS = [64, 128, 256, 512]
+    cfg.MODEL.SELM.AUDIO.FC_DIMS = [4096, 4096, 128]
+
+    # PVT-v2 visual encoder (timm), used when MODEL.BACKBONE.NAME == "StagedPVTv2".
+    cfg.MODEL.PVT = CN()
+    cfg.MODEL.PVT.VARIANT = "pvt_v2_b5"  # pvt_v2_b0 .. pvt_v2_b5
+    cfg.MODEL.PVT.DROP_PATH_RATE = 0.1
+    cfg.MODEL.PVT.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+
+    # DAM: Dual Alignment Module, early audio-visual fusion between encoder stages.
+    cfg.MODEL.SELM.DAM = CN()
+    cfg.MODEL.SELM.DAM.MODE = "dual"  # none | add | concat | a2v | v2a | dual
+    cfg.MODEL.SELM.DAM.STAGES = ["res2", "res3", "res4", "res5"]
+    cfg.MODEL.SELM.DAM.DROPOUT = 0.1
+
+    # BCSM: Bidirectional Conditioned Selective Mechanism (stacked Mamba blocks).
+    cfg.MODEL.SELM.BCSM = CN()
+    cfg.MODEL.SELM.BCSM.MODE = "bidirectional"  # off | a2v | v2a | bidirectional
+    cfg.MODEL.SELM.BCSM.NUM_BLOCKS = 3
+    # Visual features are average-pooled to this grid before the V2A Mamba scan.
+    cfg.MODEL.SELM.BCSM.POOL_SIZE = 4
+
+    # Mamba blocks (mamba_ssm.modules.mamba_simple.Mamba hyper-parameters).
+    cfg.MODEL.SELM.MAMBA = CN()
+    cfg.MODEL.SELM.MAMBA.IMPL = "auto"  # auto | torch | cuda
+    cfg.MODEL.SELM.MAMBA.D_STATE = 16
+    cfg.MODEL.SELM.MAMBA.D_CONV = 4
+    cfg.MODEL.SELM.MAMBA.EXPAND = 2
+
+    # CLEVER: audio-visual Cross-LEVEl Reasoning decoder (Mask2Former-like).
+    cfg.MODEL.SELM.CLEVER = CN()
+    cfg.MODEL.SELM.CLEVER.IN_FEATURES = ["res3", "res4", "res5"]  # decoded coarse to fine
+    cfg.MODEL.SELM.CLEVER.MASK_IN_FEATURE = "res2"  # finest features for the mask dot product
+    cfg.MODEL.SELM.CLEVER.NUM_QUERIES = 16
+    cfg.MODEL.SELM.CLEVER.NHEADS = 8
+    cfg.MODEL.SELM.CLEVER.DIM_FEEDFORWARD = 2048
+    cfg.MODEL.SELM.CLEVER.DROPOUT = 0.0
+    cfg.MODEL.SELM.CLEVER.AUDIO_CROSS_ATTN = True  # False: paper Table 5 "w/o audio CA"
+    cfg.MODEL.SELM.CLEVER.VIDEO_CROSS_ATTN = True  # False: paper Table 5 "w/o video CA"
+    cfg.MODEL.SELM.CLEVER.CROSS_LEVEL = True  # False: single-level decoder, paper Table 3
+
+    # Losses (paper §4.5). A weight of 0 switches a term off (paper Table 8).
+    cfg.MODEL.SELM.LOSS = CN()
+    cfg.MODEL.SELM.LOSS.DICE_WEIGHT = 1.0
+    cfg.MODEL.SELM.LOSS.BCE_WEIGHT = 1.0
+    cfg.MODEL.SELM.LOSS.CE_WEIGHT = 1.0  # AVSS (semantic) only
+    cfg.MODEL.SELM.LOSS.AUX_WEIGHTS = [0.001, 0.01, 0.1]  # a_1..a_3 of CLEVER layers
+
+    # ---------------------------------------------------------------- input
+    cfg.INPUT.DATASET_MAPPER_NAME = "avs_clip"
+    cfg.INPUT.AVS = CN()
+    cfg.INPUT.AVS.NUM_FRAMES = 5  # T: one frame per second of audio
+    # Clips with fewer frames are padded to this length (AVSS mixes 5- and 10-frame clips);
+    # 0 = no padding.
+    cfg.INPUT.AVS.PAD_TO_FRAMES = 0
+    cfg.INPUT.AVS.SIZE = 224  # test: resize to SIZE x SIZE; train: short edge, then crop
+    cfg.INPUT.AVS.CROP = "center"  # center | random (train only)
+    cfg.INPUT.AVS.RANDOM_FLIP = False  # AVSBench trains without augmentation
+    cfg.INPUT.AVS.SCALE_RANGE = [1.0, 1.0]  # random short-edge scale jitter (train only)
+    cfg.INPUT.AVS.AUDIO = CN()
+    cfg.INPUT.AVS.AUDIO.SAMPLE_RATE = 16000
+    # Audio shorter than T seconds: "repeat_last" (AVSBench S4/MS3 pickles) or "zero_pad" (AVSS).
+    cfg.INPUT.AVS.AUDIO.SHORT_POLICY = "repeat_last"
+    # "auto": precomputed AVSBench log-mel pickle when present, else the wav.
+    cfg.INPUT.AVS.AUDIO.SOURCE = "auto"  # auto | wav | log_mel
+
+    # ---------------------------------------------------------------- test
+    cfg.TEST.AVS = CN()
+    # M_F official batch protocol: clips per batch (AVSBench 4, AVSegFormer 2).
+    cfg.TEST.AVS.F_BATCH_SIZE = 4
+    # Also evaluate with silenced and with another clip's audio (auditory-illusion metrics).
+    cfg.TEST.AVS.ILLUSION = False
+    # 0: score at the original frame size; N: resize to N x N first (official AVSS: 224).
+    cfg.TEST.AVS.EVAL_SIZE = 0
+    # AVSS: score padded frames as the official code does (as perfect background).
+    cfg.TEST.AVS.COUNT_PADDED_FRAMES = False
+
+    # ---------------------------------------------------------------- solver
+    cfg.SOLVER.OPTIMIZER = "ADAMW"  # ADAMW | SGD
+    cfg.SOLVER.BACKBONE_MULTIPLIER = 1.0  # LR multiplier of the visual encoder
+    cfg.SOLVER.AUDIO_MULTIPLIER = 1.0  # LR multiplier of VGGish when unfrozen

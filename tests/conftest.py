@@ -1,0 +1,19 @@
+import os
+
+import pytest
+import torch
+
+# Tests run on 2 shared CPU cores: one thread each avoids oversubscription.
+torch.set_num_threads(1)
+
+SHARED_META = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "avsbench_meta")
+
+
+@pytest.fixture
+def avsbench_meta_dir():
+    """The genuine AVSBench metadata files (../shared/data/avsbench_meta)."""
+    path = os.path.abspath(SHARED_META)
+    if not os.path.isdir(path):
+        pytest.skip("genuine AVSBench metadata not found at {} (shared/ is beside the checkout "
+                    "in CI and developer machines)".format(path))
+    return path

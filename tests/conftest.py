@@ -1,4 +1,5 @@
 import os
+import sys
 
 import pytest
 import torch
@@ -17,3 +18,8 @@ def avsbench_meta_dir():
         pytest.skip("genuine AVSBench metadata not found at {} (shared/ is beside the checkout "
                     "in CI and developer machines)".format(path))
     return path
+
+# train_net.py and demo/ live at the repository root, as in detectron2 projects.
+REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)

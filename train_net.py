@@ -1,0 +1,248 @@
+#!/usr/bin/env python
+"""SelM training and evaluation script (detectron2 DefaultTrainer + launch).
+
+    python train_net.py --config-file configs/ms3/selm_pvt_v2_b5.yaml --num-gpus 4
+    python train_net.py --config-file configs/ms3/selm_pvt_v2_b5.yaml --eval-only MODEL.WEIGHTS model.pth
+    python train_net.py --config-file ... --resume      # continue from OUTPUT_DIR/last_checkpoint
+"""
+import copy
+import itertools
+import logging
+import os
+from collections import OrderedDict
+
+import torch
+
+import detectron2.utils.comm as comm
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.data import (
+    DatasetCatalog,
+    MetadataCatalog,
+    build_detection_test_loader,
+    build_detection_train_loader,
+)
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.engine.train_loop import TrainerBase
+from detectron2.evaluation import DatasetEvaluators, inference_on_dataset, verify_results
+from detectron2.solver.build import maybe_add_gradient_clipping
+from detectron2.utils.logger import setup_logger
+
+from selm_d2 import add_selm_config
+from selm_d2.data import AVSClipDatasetMapper
+from selm_d2.evaluation import AVSEvaluator
+
+_NORM_TYPES = (
+    torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm,
+    torch.nn.GroupNorm, torch.nn.InstanceNorm1d, torch.nn.InstanceNorm2d, torch.nn.LayerNorm,
+    torch.nn.LocalResponseNorm,
+)
+
+
+class Trainer(DefaultTrainer):
+    """DefaultTrainer with SelM's clip loaders, AVS evaluation, optimizer and complete resume."""
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_detection_train_loader(cfg, mapper=AVSClipDatasetMapper(cfg, is_train=True))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_detection_test_loader(cfg, dataset_name, mapper=AVSClipDatasetMapper(cfg, is_train=False))
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None, prefix=""):
+        evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
+        if evaluator_type not in ("avs_binary", "avss"):
+            raise ValueError(
+                "dataset '{}' has evaluator_type={!r}; SelM evaluates 'avs_binary' (S4/MS3-style) or "
+                "'avss' datasets: set it in the dataset's Metadata (register_avs_dataset does).".format(
+                    dataset_name, evaluator_type)
+            )
+        return AVSEvaluator(
+            dataset_name,
+            output_dir=output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name),
+            f_batch_size=cfg.TEST.AVS.F_BATCH_SIZE,
+            eval_size=cfg.TEST.AVS.EVAL_SIZE,
+            count_padded_frames=cfg.TEST.AVS.COUNT_PADDED_FRAMES,
+            prefix=prefix,
+        )
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        """AdamW/SGD with per-module LR multipliers and no weight decay on norms, embeddings
+        and Mamba's ``A_log``/``D`` (marked ``_no_weight_decay`` as mamba-ssm does)."""
+        base_lr = cfg.SOLVER.BASE_LR
+        multipliers = {"backbone.": cfg.SOLVER.BACKBONE_MULTIPLIER, "audio_encoder.": cfg.SOLVER.AUDIO_MULTIPLIER}
+        params, seen = [], set()
+        for module_name, module in model.named_modules():
+            for name, value in module.named_parameters(recurse=False):
+                if not value.requires_grad or value in seen:
+                    continue
+                seen.add(value)
+                full_name = "{}.{}".format(module_name, name) if module_name else name
+                lr = base_lr
+                for prefix, mult in multipliers.items():
+                    if full_name.startswith(prefix) or full_name.startswith("module." + prefix):
+                        lr = base_lr * mult
+                weight_decay = cfg.SOLVER.WEIGHT_DECAY
+                if isinstance(module, _NORM_TYPES):
+                    weight_decay = cfg.SOLVER.WEIGHT_DECAY_NORM
+                elif isinstance(module, torch.nn.Embedding) or getattr(value, "_no_weight_decay", False):
+                    weight_decay = 0.0
+                params.append({"params": [value], "lr": lr, "weight_decay": weight_decay})
+
+        optimizer_type = cfg.SOLVER.OPTIMIZER.upper()
+        if optimizer_type == "ADAMW":
+            optimizer_cls = torch.optim.AdamW
+            kwargs = {"betas": (0.9, 0.999)}
+        elif optimizer_type == "SGD":
+            optimizer_cls = torch.optim.SGD
+            kwargs = {"momentum": cfg.SOLVER.MOMENTUM, "nesterov": cfg.SOLVER.NESTEROV}
+        else:
+            raise ValueError("SOLVER.OPTIMIZER={!r} is not supported: use ADAMW or SGD".format(cfg.SOLVER.OPTIMIZER))
+
+        clip = cfg.SOLVER.CLIP_GRADIENTS
+        if clip.ENABLED and clip.CLIP_TYPE == "full_model":
+            optimizer_cls = _full_model_clipping(optimizer_cls, clip.CLIP_VALUE)
+            return optimizer_cls(params, base_lr, **kwargs)
+        return maybe_add_gradient_clipping(cfg, optimizer_cls(params, base_lr, **kwargs))
+
+    # detectron2 v0.6's DefaultTrainer saves neither the optimizer nor the AMP scaler, and
+    # main's expects them under "_trainer": save them at the top level and read both layouts.
+    def state_dict(self):
+        ret = TrainerBase.state_dict(self)
+        ret["optimizer"] = self._trainer.optimizer.state_dict()
+        grad_scaler = getattr(self._trainer, "grad_scaler", None)
+        if grad_scaler is not None:
+            ret["grad_scaler"] = grad_scaler.state_dict()
+        return ret
+
+    def load_state_dict(self, state_dict):
+        TrainerBase.load_state_dict(self, state_dict)
+        inner = state_dict.get("_trainer", {})
+        optimizer_state = state_dict.get("optimizer", inner.get("optimizer"))
+        if optimizer_state is not None:
+            self._trainer.optimizer.load_state_dict(optimizer_state)
+        else:
+            logging.getLogger(__name__).warning(
+                "checkpoint has no optimizer state (written by detectron2 v0.6's DefaultTrainer?): "
+                "the optimizer restarts from scratch")
+        scaler_state = state_dict.get("grad_scaler", inner.get("grad_scaler"))
+        grad_scaler = getattr(self._trainer, "grad_scaler", None)
+        if scaler_state is not None and grad_scaler is not None:
+            grad_scaler.load_state_dict(scaler_state)
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """Standard evaluation, plus the auditory-illusion passes when TEST.AVS.ILLUSION is on:
+        the same clips with silenced audio and with another clip's audio."""
+        results = super().test(cfg, model, evaluators)
+        if not cfg.TEST.AVS.ILLUSION:
+            return results
+        mapper = AVSClipDatasetMapper(cfg, is_train=False)
+        for dataset_name in cfg.DATASETS.TEST:
+            dicts = DatasetCatalog.get(dataset_name)
+            for mode, altered in (("silenced", _silenced(dicts)), ("swapped", _swapped(dicts))):
+                loader = build_detection_test_loader(altered, mapper=mapper)
+                evaluator = cls.build_evaluator(cfg, dataset_name, prefix=mode)
+                res = inference_on_dataset(model, loader, evaluator)
+                if comm.is_main_process():
+                    _merge(results, dataset_name, res, len(cfg.DATASETS.TEST))
+        return results
+
+
+def _full_model_clipping(optimizer_cls, clip_norm):
+    """Clip the gradient norm of all parameters together (Mask2Former's "full_model")."""
+
+    class FullModelGradientClippingOptimizer(optimizer_cls):
+        def step(self, closure=None):
+            all_params = itertools.chain(*[g["params"] for g in self.param_groups])
+            torch.nn.utils.clip_grad_norm_(all_params, clip_norm)
+            super().step(closure=closure)
+
+    return FullModelGradientClippingOptimizer
+
+
+def _silenced(dicts):
+    out = copy.deepcopy(dicts)
+    for d in out:
+        d["audio_override"] = "silence"
+    return out
+
+
+def _swapped(dicts):
+    """Give every clip the audio of the next clip (cyclic), keeping its frames and labels."""
+    out = copy.deepcopy(dicts)
+    for d, donor in zip(out, dicts[1:] + dicts[:1]):
+        d["audio_file_name"] = donor["audio_file_name"]
+        d["audio_log_mel_file"] = donor.get("audio_log_mel_file")
+    return out
+
+
+def _merge(results, dataset_name, extra, num_datasets):
+    """Put ``extra`` (an evaluator's {task: {metric: v}}) into the results of ``dataset_name``."""
+    target = results[dataset_name] if num_datasets > 1 else results
+    for task, metrics in extra.items():
+        target.setdefault(task, OrderedDict()).update(metrics)
+
+
+def setup(args):
+    cfg = get_cfg()
+    add_selm_config(cfg)
+    try:
+        cfg.merge_from_file(args.config_file)
+        cfg.merge_from_list(args.opts)
+    except KeyError as e:
+        raise KeyError(
+            "{} (from {} or the command line). SelM's keys and their defaults are listed in "
+            "selm_d2/config.py; detectron2's in detectron2/config/defaults.py. Check the spelling "
+            "or remove the key.".format(e.args[0] if e.args else e, args.config_file)
+        ) from None
+    if cfg.SOLVER.AMP.ENABLED and not torch.cuda.is_available():
+        # Mixed precision is a CUDA feature here; CPU runs stay in fp32.
+        cfg.SOLVER.AMP.ENABLED = False
+    if not torch.cuda.is_available():
+        cfg.MODEL.DEVICE = "cpu"
+    cfg.freeze()
+    default_setup(cfg, args)
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="selm_d2")
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        res = Trainer.test(cfg, model)
+        if comm.is_main_process():
+            verify_results(cfg, res)
+        return res
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+def check_num_gpus(num_gpus):
+    """``--num-gpus`` beyond the visible CUDA devices fails here, not deep inside launch."""
+    available = torch.cuda.device_count()
+    if num_gpus > max(available, 1):
+        raise SystemExit(
+            "--num-gpus {} but {} CUDA device(s) are visible. Use --num-gpus {} (CPU runs use 1), "
+            "or check CUDA_VISIBLE_DEVICES.".format(num_gpus, available, max(available, 1))
+        )
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    check_num_gpus(args.num_gpus)
+    print("Command Line Args:", args)
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )

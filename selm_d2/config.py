@@ -91,7 +91,8 @@ def add_selm_config(cfg):
     # Audio shorter than T seconds: "repeat_last" (AVSBench S4/MS3 pickles) or "zero_pad" (AVSS).
     cfg.INPUT.AVS.AUDIO.SHORT_POLICY = "repeat_last"
     # "auto": precomputed AVSBench log-mel pickle when present, else the wav.
-    cfg.INPUT.AVS.AUDIO.SOURCE = "auto"  # auto | wav | log_mel
+    # "silence": every clip hears digital silence (the visual-only ablation).
+    cfg.INPUT.AVS.AUDIO.SOURCE = "auto"  # auto | wav | log_mel | silence
 
     # ---------------------------------------------------------------- test
     cfg.TEST.AVS = CN()

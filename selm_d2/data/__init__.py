@@ -1,0 +1,6 @@
+"""AVS data: dataset registration (at import), the clip mapper, audio front-end, AVS-Synth."""
+from . import datasets  # noqa: F401  (registers the builtin dataset names)
+from .dataset_mapper import AVSClipDatasetMapper
+from .datasets import register_avs_dataset
+
+__all__ = ["AVSClipDatasetMapper", "register_avs_dataset"]

@@ -1,0 +1,195 @@
+"""Check an AVS dataset on disk before training: missing, mis-sized and corrupt files.
+
+    python -m selm_d2.data.check_avsbench <root> [--layout auto] [--splits train val test]
+                                                 [--deep] [--max-report 20]
+
+`root` is ``$DETECTRON2_DATASETS``, ``avsbench_object/``, ``avsbench_semantic/`` or a
+manifest file; ``--layout auto`` finds every S4/MS3/AVSS release under it. Clips are parsed
+by the same layout parsers as the registered datasets and streamed (one clip in memory at a
+time). Without ``--deep`` only file existence and image headers (sizes) are checked;
+``--deep`` also decodes every image and mask (PIL verify + load, AVSS palette check) and
+opens every audio file with soundfile. Exit status 1 when any problem is found.
+"""
+import argparse
+import os
+import sys
+from collections import OrderedDict
+
+import soundfile as sf
+from PIL import Image
+from tqdm import tqdm
+
+from .datasets.register import LAYOUTS, build_layout
+from .masks import read_mask
+
+__all__ = ["PROBLEMS", "check_split", "detect_layouts", "main"]
+
+PROBLEMS = OrderedDict([
+    ("bad_clips", "clip folders/metadata that cannot be parsed (e.g. frame count)"),
+    ("missing_frames", "frame files that do not exist"),
+    ("missing_masks", "mask files that do not exist"),
+    ("missing_audio", "audio files that do not exist"),
+    ("size_mismatch", "masks (or frames) whose size differs from the clip's first frame"),
+    ("corrupt_images", "frames/masks that cannot be read or decoded"),
+    ("corrupt_audio", "audio files soundfile cannot open (--deep)"),
+])
+
+
+def detect_layouts(root):
+    """[(layout, layout_root)] of every dataset whose metadata file is under `root`."""
+    if os.path.isfile(root):
+        return [("manifest", root)]
+    found = []
+    for base in (root, os.path.join(root, "avsbench_object"),
+                 os.path.join(root, "avsbench_semantic")):
+        for layout in ("avsbench_s4", "avsbench_ms3", "avss"):
+            if os.path.isfile(build_layout(base, layout).metadata_file):
+                found.append((layout, base))
+    return found
+
+
+class _SplitReport:
+    """Problem counts of one split; prints the first `max_report` paths of each kind."""
+
+    def __init__(self, name, max_report):
+        self.name = name
+        self.max_report = max_report
+        self.clips = 0
+        self.counts = OrderedDict((kind, 0) for kind in PROBLEMS)
+
+    def add(self, kind, message):
+        self.counts[kind] += 1
+        if self.counts[kind] <= self.max_report:
+            tqdm.write("[{}] {}: {}".format(kind, self.name, message))
+        elif self.counts[kind] == self.max_report + 1:
+            tqdm.write("[{}] {}: further problems of this kind are counted, not "
+                       "printed".format(kind, self.name))
+
+    @property
+    def total(self):
+        return sum(self.counts.values())
+
+
+def _image_size(path, report, deep):
+    """(W, H) of an image, or None after reporting it as corrupt."""
+    try:
+        with Image.open(path) as image:
+            size = image.size
+            if deep:
+                image.verify()
+        if deep:
+            with Image.open(path) as image:
+                image.load()
+        return size
+    except Exception as e:  # PIL raises many types for broken files
+        report.add("corrupt_images", "{} ({}: {})".format(path, type(e).__name__, e))
+        return None
+
+
+def _check_clip(clip, report, deep):
+    frame_size = None
+    for path in clip["file_names"]:
+        if not os.path.isfile(path):
+            report.add("missing_frames", path)
+            continue
+        size = _image_size(path, report, deep)
+        if size is not None and frame_size is not None and size != frame_size:
+            report.add("size_mismatch", "{} is {}x{}, the clip's first frame {}x{}".format(
+                path, size[0], size[1], frame_size[0], frame_size[1]))
+        frame_size = frame_size or size
+    for path in clip["sem_seg_file_names"]:
+        if path is None:
+            continue
+        if not os.path.isfile(path):
+            report.add("missing_masks", path)
+            continue
+        size = _image_size(path, report, deep)
+        if size is not None and frame_size is not None and size != frame_size:
+            report.add("size_mismatch", "{} is {}x{}, its frames {}x{}".format(
+                path, size[0], size[1], frame_size[0], frame_size[1]))
+        if deep and size is not None:
+            try:
+                read_mask(path, clip["mask_format"])
+            except ValueError as e:  # e.g. colours outside the AVSS palette
+                report.add("corrupt_images", str(e))
+    audio = clip["audio_file_name"]
+    if not os.path.isfile(audio):
+        report.add("missing_audio", audio)
+    elif deep:
+        try:
+            sf.info(audio)
+        except Exception as e:  # soundfile's error type differs across versions
+            report.add("corrupt_audio", "{} ({})".format(audio, e))
+
+
+def check_split(layout, root, split, deep=False, max_report=20):
+    """Check one split of a dataset; returns its _SplitReport (clips and problem counts)."""
+    parser = build_layout(root, layout, split=split)
+    report = _SplitReport("{} {}".format(layout, split or "all"), max_report)
+    try:
+        total = sum(1 for _ in parser.records())
+        records = parser.records()
+    except (OSError, ValueError) as e:
+        report.add("bad_clips", str(e))
+        return report
+    for record in tqdm(records, total=total, desc=report.name, unit="clip", leave=False,
+                       file=sys.stderr):
+        report.clips += 1
+        try:
+            clip = parser.clip_dict(record)
+        except (OSError, ValueError) as e:
+            report.add("bad_clips", str(e))
+            continue
+        _check_clip(clip, report, deep)
+    return report
+
+
+def _print_table(reports, deep):
+    columns = ["dataset", "clips"] + list(PROBLEMS)
+    rows = [[r.name, str(r.clips)] + [str(n) for n in r.counts.values()] for r in reports]
+    widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(columns)]
+    print()
+    for row in [columns] + rows:
+        print("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
+                        for i, (cell, w) in enumerate(zip(row, widths))))
+    if not deep:
+        print("(images were checked by header only and audio by existence: add --deep to "
+              "decode every file)")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m selm_d2.data.check_avsbench",
+        description="Check an AVSBench (S4/MS3/AVSS) or manifest dataset for missing, "
+                    "mis-sized and corrupt files.")
+    parser.add_argument("root", help="$DETECTRON2_DATASETS, avsbench_object/, "
+                                     "avsbench_semantic/ or a manifest .json/.csv file")
+    parser.add_argument("--layout", default="auto", choices=["auto"] + sorted(LAYOUTS))
+    parser.add_argument("--splits", nargs="+", default=None,
+                        help="default: train val test (manifests: every clip)")
+    parser.add_argument("--deep", action="store_true",
+                        help="decode every image/mask and open every audio file")
+    parser.add_argument("--max-report", type=int, default=20,
+                        help="paths printed per problem kind and split")
+    args = parser.parse_args(argv)
+
+    datasets = detect_layouts(args.root) if args.layout == "auto" else [(args.layout, args.root)]
+    if not datasets:
+        print("No AVSBench metadata (Single-source/s4_meta_data.csv, "
+              "Multi-sources/ms3_meta_data.csv or metadata.csv) found under {}. See "
+              "datasets/README.md for the expected layout.".format(os.path.abspath(args.root)))
+        return 1
+    reports = []
+    for layout, root in datasets:
+        splits = args.splits or ([None] if layout == "manifest" else ["train", "val", "test"])
+        print("Checking {} at {}".format(layout, os.path.abspath(root)))
+        for split in splits:
+            reports.append(check_split(layout, root, split, args.deep, args.max_report))
+    _print_table(reports, args.deep)
+    problems = sum(r.total for r in reports)
+    print("{} problem(s) found.".format(problems) if problems else "No problems found.")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""python -m selm_d2.data.check_avsbench on good and broken trees."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from selm_d2.data.check_avsbench import main
+from test_datasets import make_avss_tree, make_ms3_tree, make_s4_tree, write_image
+
+S4_CLIPS = [("a1", "dog_barking", "train"), ("b2", "race_car", "val"),
+            ("c3", "race_car", "test")]
+AVSS_CLIPS = [("s_1", "v1s", "train"), ("m_1", "v1m", "val"), ("v_1", "v2", "test")]
+
+
+def make_release(root):
+    """$DETECTRON2_DATASETS-like folder with S4, MS3 and AVSS."""
+    make_s4_tree(os.path.join(root, "avsbench_object"), S4_CLIPS)
+    make_ms3_tree(os.path.join(root, "avsbench_object"), [("m1", "train"), ("m2", "val"),
+                                                          ("m3", "test")])
+    make_avss_tree(os.path.join(root, "avsbench_semantic"), AVSS_CLIPS)
+    return root
+
+
+def test_good_tree_passes(tmp_path, capsys):
+    root = make_release(str(tmp_path))
+    assert main([root, "--deep"]) == 0
+    out = capsys.readouterr().out
+    assert "No problems found" in out
+    for layout in ("avsbench_s4", "avsbench_ms3", "avss"):
+        assert "{} train".format(layout) in out  # one table row per layout and split
+
+
+def test_broken_tree_fails_and_names_paths(tmp_path, capsys):
+    root = make_release(str(tmp_path))
+    s4 = os.path.join(root, "avsbench_object", "Single-source", "s4_data")
+    missing_mask = os.path.join(s4, "gt_masks", "val", "race_car", "b2", "b2_3.png")
+    os.remove(missing_mask)
+    corrupt_wav = os.path.join(s4, "audio_wav", "test", "race_car", "c3.wav")
+    with open(corrupt_wav, "wb") as f:
+        f.write(b"RIFF....WAVEjunk")
+    avss = os.path.join(root, "avsbench_semantic")
+    bad_colour = os.path.join(avss, "v2", "v_1", "labels_rgb", "4.png")
+    write_image(bad_colour, np.full((24, 32, 3), (12, 34, 56), np.uint8))
+    wrong_size = os.path.join(avss, "v1m", "m_1", "labels_rgb", "1.png")
+    write_image(wrong_size, np.zeros((10, 10, 3), np.uint8))
+
+    assert main([root]) == 1  # header-level checks see the missing mask and the size
+    out = capsys.readouterr().out
+    assert missing_mask in out and wrong_size in out and corrupt_wav not in out
+
+    assert main([os.path.join(root, "avsbench_object"), "--layout", "avsbench_s4",
+                 "--splits", "train", "test", "--deep"]) == 1
+    out = capsys.readouterr().out
+    assert corrupt_wav in out and missing_mask not in out  # val not requested
+
+    assert main([avss, "--deep"]) == 1
+    out = capsys.readouterr().out
+    assert bad_colour in out and "(12, 34, 56)" in out
+
+
+def test_bad_clip_folder_and_missing_root(tmp_path, capsys):
+    avss = make_avss_tree(str(tmp_path / "sem"), AVSS_CLIPS)
+    os.remove(os.path.join(avss, "v2", "v_1", "frames", "7.jpg"))
+    assert main([avss]) == 1
+    assert os.path.join("v2", "v_1") in capsys.readouterr().out
+    assert main([str(tmp_path / "nothing")]) == 1
+    assert "datasets/README.md" in capsys.readouterr().out
+
+
+def test_command_line_entry_point(tmp_path):
+    root = make_s4_tree(str(tmp_path), S4_CLIPS[:1])
+    result = subprocess.run(
+        [sys.executable, "-m", "selm_d2.data.check_avsbench", root, "--splits", "train"],
+        capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
+        cwd=os.path.join(os.path.dirname(__file__), ".."))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "avsbench_s4 train" in result.stdout

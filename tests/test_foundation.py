@@ -125,23 +125,24 @@ def test_train_checkpoint_resume(tmp_path):
     assert (tmp_path / "model_final.pth").is_file()
     saved_opt = trainer._trainer.optimizer.state_dict()
     saved_weight = trainer.model.conv.weight.detach().clone()
-    saved_lr = trainer.scheduler.get_last_lr()
+    saved_epoch = trainer.scheduler.last_epoch
 
     # The checkpoint loads with torch's default (weights_only=True) unpickler.
     ckpt = torch.load(tmp_path / "model_final.pth")
-    assert ckpt["iteration"] == 3 and "optimizer" in ckpt
+    assert ckpt["iteration"] == 3 and "optimizer" in ckpt["trainer"]
+    assert "LRScheduler" in ckpt["trainer"]["hooks"]
 
     resumed = TinyTrainer(_tiny_cfg(tmp_path, max_iter=6))
     resumed.resume_or_load(resume=True)
     assert resumed.start_iter == 4
     assert torch.equal(resumed.model.conv.weight, saved_weight)
-    assert resumed.scheduler.get_last_lr() == saved_lr
+    assert resumed.scheduler.last_epoch == saved_epoch == 4
     restored = resumed._trainer.optimizer.state_dict()
     for k, state in saved_opt["state"].items():
         assert torch.equal(restored["state"][k]["exp_avg"], state["exp_avg"])
         assert restored["state"][k]["step"] == state["step"]
     resumed.train()
-    assert resumed.iter == 5
+    assert resumed.iter == 6  # ran iterations 4 and 5, then stopped at MAX_ITER
 
 
 def test_resume_reads_detectron2_main_layout(tmp_path):

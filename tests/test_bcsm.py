@@ -1,0 +1,87 @@
+import pytest
+import torch
+
+from detectron2.config import get_cfg
+
+from selm_d2.config import add_selm_config
+from selm_d2.modeling.bcsm import BCSM, BCSM_MODES
+
+D = 16
+
+
+def _bcsm(mode="bidirectional", **kw):
+    torch.manual_seed(0)
+    args = dict(dim=D, mode=mode, num_blocks=2, pool_size=2,
+                mamba_kwargs={"d_state": 4, "impl": "torch"})
+    args.update(kw)
+    return BCSM(**args)
+
+
+def _inputs(b=2, t=5, hw=(3, 4)):
+    torch.manual_seed(1)
+    return (torch.randn(b, t, D, *hw, requires_grad=True),
+            torch.randn(b, t, D, requires_grad=True))
+
+
+@pytest.mark.parametrize("mode", BCSM_MODES)
+@pytest.mark.parametrize("t", [5, 10])
+def test_modes_shapes_and_gradients(mode, t):
+    bcsm = _bcsm(mode)
+    feats, audio = _inputs(t=t)
+    f_sel, a_sel, weight = bcsm(feats, audio)
+    assert f_sel.shape == feats.shape and a_sel.shape == audio.shape
+    if mode in ("a2v", "bidirectional"):
+        assert bcsm.has_selection_map
+        assert weight.shape == (2, t, 3, 4)
+        assert ((weight > 0) & (weight < 1)).all()
+        assert torch.allclose(f_sel, feats * weight.unsqueeze(2))
+    else:
+        assert weight is None and f_sel is feats
+    if mode in ("off", "a2v"):
+        assert a_sel is audio
+    else:
+        assert not torch.allclose(a_sel, audio)
+    if mode == "off":
+        assert len(list(bcsm.parameters())) == 0
+        return
+    (f_sel.square().sum() + a_sel.square().sum()).backward()
+    assert all(p.grad is not None for p in bcsm.parameters())
+    assert feats.grad.abs().sum() > 0 and audio.grad.abs().sum() > 0
+
+
+def test_selection_is_conditioned_on_the_other_modality():
+    bcsm = _bcsm().eval()
+    feats, audio = _inputs()
+    _, _, weight = bcsm(feats, audio)
+    _, a_sel, weight2 = bcsm(feats, audio + 1.0)
+    assert not torch.allclose(weight, weight2)  # audio selects visual positions
+    _, a_sel2, _ = bcsm(feats + 1.0, audio)
+    assert not torch.allclose(a_sel, a_sel2)  # visual selects audio channels
+
+
+def test_trailing_frames_do_not_change_earlier_frames():
+    # The scan is causal along time: trailing padding frames cannot leak into real frames.
+    bcsm = _bcsm().eval()
+    feats, audio = _inputs()
+    out = bcsm(feats, audio)
+    feats2, audio2 = feats.detach().clone(), audio.detach().clone()
+    feats2[:, 3:] += 5.0
+    audio2[:, 3:] -= 5.0
+    out2 = bcsm(feats2, audio2)
+    for a, b in zip(out, out2):
+        assert torch.allclose(a[:, :3], b[:, :3], atol=1e-5)
+
+
+def test_from_config_and_bad_mode():
+    cfg = get_cfg()
+    add_selm_config(cfg)
+    cfg.MODEL.SELM.HIDDEN_DIM = 16
+    cfg.MODEL.SELM.BCSM.MODE = "a2v"
+    cfg.MODEL.SELM.BCSM.NUM_BLOCKS = 1
+    cfg.MODEL.SELM.MAMBA.D_STATE = 4
+    bcsm = BCSM(cfg)
+    assert bcsm.v2a is None and len(bcsm.a2v.mamba) == 1
+    assert bcsm.a2v.mamba[0].mixer.d_state == 4
+    cfg.MODEL.SELM.BCSM.MODE = "both"
+    with pytest.raises(ValueError, match="MODEL.SELM.BCSM.MODE"):
+        BCSM(cfg)

@@ -1,0 +1,100 @@
+"""Every shipped config merges, names registered datasets and builds its model."""
+import glob
+import os
+
+import pytest
+import torch
+
+from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog
+from detectron2.modeling import META_ARCH_REGISTRY
+from detectron2.utils.events import EventStorage
+
+import selm_d2.data.datasets  # noqa: F401  (dataset registration)
+import selm_d2.selm_model  # noqa: F401  (meta-architecture registration)
+from selm_d2.config import add_selm_config
+
+CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "configs")
+ALL_CONFIGS = sorted(os.path.relpath(p, CONFIG_DIR)
+                     for p in glob.glob(os.path.join(CONFIG_DIR, "**", "*.yaml"), recursive=True))
+PAPER_CONFIGS = ["{}/selm_{}.yaml".format(task, bb) for task in ("s4", "ms3", "avss")
+                 for bb in ("R50", "pvt_v2_b5")]
+SYNTH_CONFIGS = ["synth/s4.yaml", "synth/ms3.yaml", "synth/avss.yaml"]
+
+
+def load(name, *opts):
+    cfg = get_cfg()
+    add_selm_config(cfg)
+    cfg.merge_from_file(os.path.join(CONFIG_DIR, name))
+    cfg.merge_from_list(list(opts))
+    return cfg
+
+
+def build_on_meta(cfg):
+    """Builds the model without allocating or initialising weights (structure only)."""
+    with torch.device("meta"):
+        return META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)(cfg)
+
+
+def test_expected_configs_are_shipped():
+    assert set(PAPER_CONFIGS + SYNTH_CONFIGS + ["Base-SelM.yaml"]) <= set(ALL_CONFIGS)
+
+
+@pytest.mark.parametrize("name", ALL_CONFIGS)
+def test_config_builds(name):
+    cfg = load(name, "MODEL.SELM.VISUAL_WEIGHTS", "", "MODEL.SELM.AUDIO.WEIGHTS", "")
+    model = build_on_meta(cfg)
+    assert cfg.MODEL.META_ARCHITECTURE == "SelM" and cfg.INPUT.FORMAT == "RGB"
+    assert sorted(model.dam) == ["res2", "res3", "res4", "res5"]
+    assert model.clever.layer_levels == ["res5", "res4", "res3"]
+    outputs = 1 if cfg.MODEL.SELM.NUM_CLASSES == 1 else cfg.MODEL.SELM.NUM_CLASSES + 1
+    assert model.clever.to_logits.out_channels == outputs
+    for dataset in cfg.DATASETS.TRAIN + cfg.DATASETS.TEST:
+        assert dataset in DatasetCatalog.list(), (name, dataset)
+
+
+@pytest.mark.parametrize("name", PAPER_CONFIGS)
+def test_paper_recipes(name):
+    cfg = load(name)
+    task, backbone = name.split("/")
+    epochs, clips, classes = {"s4": (40, 3452, 1), "ms3": (100, 296, 1),
+                              "avss": (30, 8498, 70)}[task]
+    assert cfg.SOLVER.MAX_ITER == round(epochs * clips / cfg.SOLVER.IMS_PER_BATCH)
+    assert cfg.SOLVER.IMS_PER_BATCH == 4 and cfg.SOLVER.BASE_LR == 2e-5
+    assert cfg.SOLVER.OPTIMIZER == "ADAMW" and cfg.INPUT.AVS.SIZE == 224
+    assert cfg.MODEL.SELM.NUM_CLASSES == classes
+    assert cfg.MODEL.SELM.AUDIO.WEIGHTS == "pretrained_backbones/vggish-10086976.pth"
+    assert cfg.MODEL.SELM.AUDIO.FREEZE
+    assert cfg.MODEL.SELM.LOSS.AUX_WEIGHTS == [0.001, 0.01, 0.1]
+    assert cfg.MODEL.BACKBONE.FREEZE_AT == 0
+    if backbone == "selm_R50.yaml":
+        assert cfg.MODEL.BACKBONE.NAME == "StagedResNet" and cfg.MODEL.RESNETS.DEPTH == 50
+        assert cfg.MODEL.SELM.VISUAL_WEIGHTS == "pretrained_backbones/resnet50-19c8e357.pth"
+    else:
+        assert cfg.MODEL.BACKBONE.NAME == "StagedPVTv2" and cfg.MODEL.PVT.VARIANT == "pvt_v2_b5"
+        assert cfg.MODEL.SELM.VISUAL_WEIGHTS == "pretrained_backbones/pvt_v2_b5.pth"
+    if task == "avss":
+        assert cfg.INPUT.AVS.NUM_FRAMES == cfg.INPUT.AVS.PAD_TO_FRAMES == 10
+        assert cfg.INPUT.AVS.AUDIO.SHORT_POLICY == "zero_pad" and cfg.TEST.AVS.EVAL_SIZE == 224
+
+
+@pytest.mark.parametrize("name", SYNTH_CONFIGS)
+def test_synth_config_trains_one_step_on_cpu(name):
+    cfg = load(name)
+    assert cfg.MODEL.DEVICE == "cpu" and not cfg.MODEL.SELM.VISUAL_WEIGHTS
+    torch.manual_seed(0)
+    model = META_ARCH_REGISTRY.get("SelM")(cfg)
+    t, size = cfg.INPUT.AVS.NUM_FRAMES, cfg.INPUT.AVS.SIZE
+    clip = {
+        "image": torch.randint(0, 256, (t, 3, size, size), dtype=torch.uint8),
+        "audio": torch.randn(t, 1, 96, 64),
+        "sem_seg": torch.randint(0, cfg.MODEL.SELM.NUM_CLASSES + 1, (t, size, size)),
+        "frame_mask_flags": torch.ones(t, dtype=torch.bool),
+        "frame_valid": torch.ones(t, dtype=torch.bool),
+        "height": size, "width": size,
+    }
+    model.train()
+    with EventStorage():
+        total = sum(model([clip, clip]).values())
+    total.backward()
+    assert torch.isfinite(total)

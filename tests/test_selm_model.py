@@ -1,0 +1,278 @@
+"""End-to-end tests of the SelM meta-architecture on tiny models (detectron2 e2e style)."""
+import math
+
+import pytest
+import torch
+
+from detectron2.config import get_cfg
+from detectron2.modeling import build_backbone, build_model
+from detectron2.utils.events import EventStorage
+
+from selm_d2.config import add_selm_config
+from selm_d2.modeling.audio import VGGish
+from selm_d2.selm_model import SelM
+
+
+def tiny_cfg(*opts):
+    """A SelM small enough for CPU unit tests, from scratch."""
+    cfg = get_cfg()
+    add_selm_config(cfg)
+    cfg.merge_from_list([
+        "MODEL.DEVICE", "cpu",
+        "MODEL.META_ARCHITECTURE", "SelM",
+        "MODEL.PIXEL_MEAN", [123.675, 116.28, 103.53],
+        "MODEL.PIXEL_STD", [58.395, 57.12, 57.375],
+        "MODEL.BACKBONE.NAME", "StagedResNet",
+        "MODEL.BACKBONE.FREEZE_AT", 0,
+        "MODEL.RESNETS.DEPTH", 18,
+        "MODEL.RESNETS.STEM_OUT_CHANNELS", 8,
+        "MODEL.RESNETS.RES2_OUT_CHANNELS", 8,
+        "MODEL.RESNETS.NORM", "BN",
+        "MODEL.RESNETS.OUT_FEATURES", ["res2", "res3", "res4", "res5"],
+        "MODEL.SELM.HIDDEN_DIM", 16,
+        "MODEL.SELM.AUDIO.FREEZE", False,
+        "MODEL.SELM.AUDIO.CHANNELS", [4, 8, 8, 8],
+        "MODEL.SELM.AUDIO.FC_DIMS", [16, 16, 16],
+        "MODEL.SELM.DAM.DROPOUT", 0.0,
+        "MODEL.SELM.BCSM.NUM_BLOCKS", 1,
+        "MODEL.SELM.BCSM.POOL_SIZE", 2,
+        "MODEL.SELM.MAMBA.D_STATE", 4,
+        "MODEL.SELM.MAMBA.IMPL", "torch",
+        "MODEL.SELM.CLEVER.NUM_QUERIES", 4,
+        "MODEL.SELM.CLEVER.NHEADS", 2,
+        "MODEL.SELM.CLEVER.DIM_FEEDFORWARD", 32,
+    ] + list(opts))
+    return cfg
+
+
+def tiny_model(*opts):
+    torch.manual_seed(0)
+    return build_model(tiny_cfg(*opts))
+
+
+def make_clip(t=5, h=61, w=77, num_classes=1, num_real=None, annotated=None, orig=None, seed=0):
+    """A mapper-style clip dict with random frames/audio and a square ground truth."""
+    g = torch.Generator().manual_seed(seed)
+    num_real = t if num_real is None else num_real
+    valid = torch.arange(t) < num_real
+    flags = valid.clone() if annotated is None else torch.as_tensor(annotated) & valid
+    sem_seg = torch.zeros(t, h, w, dtype=torch.long)
+    sem_seg[:, h // 4: h // 2, w // 3: w // 2] = num_classes
+    sem_seg[~flags] = 255
+    height, width = orig if orig is not None else (h, w)
+    return {
+        "image": torch.randint(0, 256, (t, 3, h, w), generator=g, dtype=torch.uint8),
+        "audio": torch.randn(t, 1, 96, 64, generator=g),
+        "sem_seg": sem_seg,
+        "frame_mask_flags": flags,
+        "frame_valid": valid,
+        "height": height,
+        "width": width,
+        "clip_id": "clip{}".format(seed),
+    }
+
+
+def train_losses(model, batch):
+    model.train()
+    with EventStorage():
+        losses = model(batch)
+    total = sum(losses.values())
+    total.backward()
+    return losses, total
+
+
+def grad_norm(module):
+    return sum(p.grad.abs().sum().item() for p in module.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("t", [5, 10])
+def test_train_reaches_every_module_and_infers_at_original_size(t):
+    model = tiny_model()
+    batch = [make_clip(t=t, seed=0), make_clip(t=t, seed=1)]
+    losses, total = train_losses(model, batch)
+    assert sorted(losses) == ["loss_aux_0", "loss_aux_1", "loss_aux_2", "loss_bce", "loss_dice"]
+    assert torch.isfinite(total)
+    for name in ("backbone", "audio_encoder", "dam", "bcsm", "clever", "visual_proj", "audio_proj"):
+        assert grad_norm(getattr(model, name)) > 0, name
+
+    model.eval()
+    batch = [make_clip(t=t, orig=(120, 150)), make_clip(t=t, seed=1, orig=(61, 77))]
+    with torch.no_grad():
+        outputs = model(batch)
+    assert len(outputs) == 2 and set(outputs[0]) == {"sem_seg"}
+    assert outputs[0]["sem_seg"].shape == (t, 2, 120, 150)
+    assert outputs[1]["sem_seg"].shape == (t, 2, 61, 77)
+    probs = outputs[0]["sem_seg"]
+    assert probs.min() >= 0 and probs.max() <= 1
+    assert torch.allclose(probs.sum(dim=1), torch.ones(t, 120, 150), atol=1e-5)
+
+
+def test_frozen_vggish_gets_no_grad_but_dam_before_it_does():
+    model = tiny_model("MODEL.SELM.AUDIO.FREEZE", True)
+    assert not any(p.requires_grad for p in model.audio_encoder.parameters())
+    train_losses(model, [make_clip(t=3, h=32, w=32)])
+    assert all(p.grad is None for p in model.audio_encoder.parameters())
+    # res2's V2A output re-enters VGGish at conv2: its gradient crossed the frozen blocks.
+    assert grad_norm(model.dam["res2"].v2a) > 0
+
+
+ABLATIONS = [
+    ("MODEL.SELM.DAM.MODE", "none"), ("MODEL.SELM.DAM.MODE", "add"),
+    ("MODEL.SELM.DAM.MODE", "concat"), ("MODEL.SELM.DAM.MODE", "a2v"),
+    ("MODEL.SELM.DAM.MODE", "v2a"), ("MODEL.SELM.DAM.STAGES", ["res4", "res5"]),
+    ("MODEL.SELM.BCSM.MODE", "off"), ("MODEL.SELM.BCSM.MODE", "a2v"),
+    ("MODEL.SELM.BCSM.MODE", "v2a"),
+    ("MODEL.SELM.CLEVER.AUDIO_CROSS_ATTN", False), ("MODEL.SELM.CLEVER.VIDEO_CROSS_ATTN", False),
+    ("MODEL.SELM.CLEVER.CROSS_LEVEL", False),
+    ("MODEL.SELM.LOSS.DICE_WEIGHT", 0.0), ("MODEL.SELM.LOSS.BCE_WEIGHT", 0.0),
+    ("MODEL.SELM.LOSS.AUX_WEIGHTS", [0.0, 0.0, 0.0]),
+]
+
+
+@pytest.mark.parametrize("key,value", ABLATIONS, ids=["{}={}".format(k.split(".")[-1], v)
+                                                      for k, v in ABLATIONS])
+def test_ablation_switches_train(key, value):
+    model = tiny_model(key, value)
+    losses, total = train_losses(model, [make_clip(t=3, h=32, w=40)])
+    assert torch.isfinite(total) and total > 0
+    if key == "MODEL.SELM.DAM.MODE" and value == "none":
+        assert len(model.dam) == 0
+    if key == "MODEL.SELM.DAM.STAGES":
+        assert sorted(model.dam) == ["res4", "res5"]
+    if key == "MODEL.SELM.CLEVER.CROSS_LEVEL":
+        assert sorted(model.bcsm) == ["res3"]
+    if key.startswith("MODEL.SELM.LOSS"):
+        dropped = {"DICE_WEIGHT": ["loss_dice"], "BCE_WEIGHT": ["loss_bce"],
+                   "AUX_WEIGHTS": ["loss_aux_0", "loss_aux_1", "loss_aux_2"]}[key.split(".")[-1]]
+        assert not set(dropped) & set(losses)
+    assert grad_norm(model.clever) > 0
+
+
+def test_semantic_padding_frames_and_selection_maps():
+    model = tiny_model("MODEL.SELM.NUM_CLASSES", 3, "MODEL.SELM.RETURN_SELECTION_MAPS", True)
+    batch = [make_clip(t=10, num_classes=3, num_real=5, annotated=[True] + [False] * 9),
+             make_clip(t=10, num_classes=2, seed=1)]
+    losses, total = train_losses(model, batch)
+    assert sorted(losses) == ["loss_aux_0", "loss_aux_1", "loss_aux_2", "loss_ce"]
+    assert torch.isfinite(total)
+
+    model.eval()
+    with torch.no_grad():
+        out = model(batch)
+        # Padding frames' content does not reach the real frames.
+        changed = [dict(batch[0]), batch[1]]
+        changed[0]["image"] = batch[0]["image"].clone()
+        changed[0]["image"][5:] = 255 - changed[0]["image"][5:]
+        changed[0]["audio"] = batch[0]["audio"].clone()
+        changed[0]["audio"][5:] += 3.0
+        out2 = model(changed)
+    assert out[0]["sem_seg"].shape == (5, 4, 61, 77)
+    assert out[1]["sem_seg"].shape == (10, 4, 61, 77)
+    assert torch.allclose(out[0]["sem_seg"], out2[0]["sem_seg"], atol=1e-5)
+    assert torch.allclose(out[0]["sem_seg"].sum(dim=1), torch.ones(5, 61, 77), atol=1e-5)
+    maps = out[0]["selection_maps"]
+    assert sorted(maps) == ["res3", "res4", "res5"]
+    for level, stride in (("res3", 8), ("res4", 16), ("res5", 32)):
+        assert maps[level].shape == (5, math.ceil(61 / stride), math.ceil(77 / stride))
+        assert ((maps[level] > 0) & (maps[level] < 1)).all()
+
+
+def test_padding_frames_and_unannotated_frames_do_not_change_losses():
+    model = tiny_model()
+    clip = make_clip(t=5, h=32, w=32, num_real=3, annotated=[True, False, True, True, True])
+    torch.manual_seed(1)
+    ref = train_losses(model, [clip])[1].item()
+    other = dict(clip)
+    other["sem_seg"] = clip["sem_seg"].clone()
+    other["sem_seg"][1] = 1  # unannotated frame (flag False): ignored
+    other["sem_seg"][3:] = 1  # padding frames: ignored
+    model.zero_grad()
+    torch.manual_seed(1)
+    assert train_losses(model, [other])[1].item() == pytest.approx(ref, rel=1e-6)
+
+
+def test_empty_and_unannotated_clips_give_finite_losses():
+    model = tiny_model()
+    empty = make_clip(t=3, h=32, w=32)
+    empty["sem_seg"] = torch.zeros_like(empty["sem_seg"])
+    losses, total = train_losses(model, [empty])
+    assert torch.isfinite(total) and total > 0
+
+    model.zero_grad()
+    unannotated = make_clip(t=3, h=32, w=32, annotated=[False, False, False])
+    losses, total = train_losses(model, [unannotated])
+    assert len(losses) == 5 and total.item() == 0.0
+    # Still connected to the graph: every decoder parameter has a (zero) gradient.
+    assert all(p.grad is not None for p in model.clever.parameters())
+
+
+def test_tiny_model_overfits_one_clip():
+    model = tiny_model("MODEL.SELM.LOSS.AUX_WEIGHTS", [0.0, 0.0, 0.0])
+    batch = [make_clip(t=2, h=32, w=32)]
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    history = []
+    with EventStorage():
+        for _ in range(60):
+            total = sum(model(batch).values())
+            optimizer.zero_grad()
+            total.backward()
+            optimizer.step()
+            history.append(total.item())
+            if history[-1] < history[0] / 10:
+                break
+    assert history[-1] < history[0] / 10, history
+
+
+def test_loads_weight_files(tmp_path):
+    torch.manual_seed(3)
+    cfg = tiny_cfg()
+    audio = VGGish(cfg)
+    audio_path = str(tmp_path / "vggish.pth")
+    torch.save(audio.state_dict(), audio_path)
+    visual = build_backbone(cfg)
+    visual_path = str(tmp_path / "r18.pth")
+    torch.save(visual.state_dict(), visual_path)
+
+    model = tiny_model("MODEL.SELM.AUDIO.WEIGHTS", audio_path,
+                       "MODEL.SELM.VISUAL_WEIGHTS", visual_path)
+    assert torch.equal(model.audio_encoder.features[0].weight, audio.features[0].weight)
+    assert torch.equal(model.audio_encoder.embeddings[4].bias, audio.embeddings[4].bias)
+    assert torch.equal(model.backbone.res3[0].conv1.weight, visual.res3[0].conv1.weight)
+    with pytest.raises(Exception, match="MODEL.SELM.AUDIO.WEIGHTS"):
+        tiny_model("MODEL.SELM.AUDIO.WEIGHTS", str(tmp_path / "missing.pth"))
+
+
+@pytest.mark.parametrize("opts,match", [
+    (("MODEL.SELM.BCSM.MODE", "v2a", "MODEL.SELM.RETURN_SELECTION_MAPS", True),
+     "RETURN_SELECTION_MAPS"),
+    (("MODEL.RESNETS.OUT_FEATURES", ["res2", "res3", "res4"]), "OUT_FEATURES"),
+    (("MODEL.SELM.DAM.STAGES", ["res6"]), "DAM.STAGES"),
+    (("MODEL.SELM.LOSS.AUX_WEIGHTS", [0.1, 0.1]), "AUX_WEIGHTS"),
+])
+def test_bad_configs_name_the_key(opts, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_model(*opts)
+
+
+def test_bad_batches_are_explained():
+    model = tiny_model().eval()
+    with pytest.raises(ValueError, match="equal frame count"):
+        model([make_clip(t=3, h=32, w=32), make_clip(t=4, h=32, w=32)])
+    clip = make_clip(t=3, h=32, w=32)
+    clip["audio"] = clip["audio"][:2]
+    with pytest.raises(ValueError, match="audio examples"):
+        model([clip])
+    model.train()
+    clip = make_clip(t=3, h=32, w=32)
+    del clip["frame_mask_flags"]
+    with pytest.raises(ValueError, match="frame_mask_flags"):
+        model([clip])
+    clip = make_clip(t=3, h=32, w=32)
+    clip["sem_seg"] = clip["sem_seg"][:, :16]
+    with pytest.raises(ValueError, match="sem_seg has shape"):
+        model([clip])
+
+
+def test_is_the_registered_meta_architecture():
+    assert type(tiny_model()) is SelM

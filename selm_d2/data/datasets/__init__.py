@@ -1,6 +1,7 @@
 """AVS dataset registration. Importing this package registers the builtin AVSBench names
 (see ``builtin.py``); ``register_avs_dataset`` registers users' own data."""
 from . import builtin as _builtin  # noqa: F401  (registration only)
+from . import register_avs_synth as _synth  # noqa: F401  (registration only)
 from .avsbench import S4_CATEGORIES, MS3Layout, S4Layout
 from .avss import AVSS_CLASSES, AVSSLayout, read_label2idx
 from .manifest import ManifestLayout

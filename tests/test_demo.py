@@ -1,0 +1,85 @@
+"""demo/demo.py writes overlays, label maps, heat maps and a video for binary and AVSS models."""
+import glob
+import os
+import sys
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+
+from conftest import REPO_ROOT
+from selm_d2 import add_selm_config
+from selm_d2.data.synthetic import generate
+
+sys.path.insert(0, os.path.join(REPO_ROOT, "demo"))
+import demo  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def synth_clip(tmp_path_factory):
+    """One generated 5-frame 32x32 MS3-layout clip: (frames folder, wav path)."""
+    root = str(tmp_path_factory.mktemp("demo_synth"))
+    generate(root, layouts=("ms3",), clips_per_split={"train": 0, "val": 0, "test": 1}, size=32,
+             seed=1, progress=False)
+    frames = sorted(glob.glob(os.path.join(root, "Multi-sources", "ms3_data", "visual_frames", "*")))[0]
+    wav = glob.glob(os.path.join(root, "Multi-sources", "ms3_data", "audio_wav", "test", "*.wav"))[0]
+    return frames, wav
+
+
+def _weights(config, tmp_path):
+    """A checkpoint of the config's (untrained) model, written as train_net.py would."""
+    cfg = get_cfg()
+    add_selm_config(cfg)
+    cfg.merge_from_file(os.path.join(REPO_ROOT, "configs", "synth", config))
+    model = build_model(cfg)
+    DetectionCheckpointer(model, save_dir=str(tmp_path)).save("model")
+    return str(tmp_path / "model.pth")
+
+
+def _run(config, weights, frames, wav, out):
+    return demo.main(["--config-file", os.path.join(REPO_ROOT, "configs", "synth", config),
+                      "--input", frames, "--audio", wav, "--output", str(out), "--heatmaps",
+                      "--opts", "MODEL.WEIGHTS", weights, "INPUT.AVS.SIZE", "32"])
+
+
+@pytest.mark.parametrize("config,max_label", [("ms3.yaml", 255), ("avss.yaml", 6)])
+def test_demo_writes_expected_files(config, max_label, synth_clip, tmp_path):
+    frames, wav = synth_clip
+    out = tmp_path / "out"
+    _run(config, _weights(config, tmp_path), frames, wav, out)
+    for k in range(5):
+        overlay = np.asarray(Image.open(out / "frame_{}.png".format(k)))
+        assert overlay.shape == (32, 32, 3)
+        mask = np.asarray(Image.open(out / "mask_{}.png".format(k)))
+        assert mask.shape == (32, 32) and mask.max() <= max_label
+        # one selection map per CLEVER level
+        assert len(glob.glob(str(out / "heatmap_*_{}.png".format(k)))) == 3
+    if cv2.VideoWriter_fourcc(*"mp4v") and cv2.VideoWriter(str(tmp_path / "probe.mp4"),
+                                                           cv2.VideoWriter_fourcc(*"mp4v"), 1, (32, 32)).isOpened():
+        assert (out / "overlay.mp4").stat().st_size > 0
+    assert not glob.glob(str(out / "*.tmp*"))
+
+
+def test_demo_reads_a_video_file(synth_clip, tmp_path):
+    frames, wav = synth_clip
+    video = str(tmp_path / "clip.avi")
+    writer = cv2.VideoWriter(video, cv2.VideoWriter_fourcc(*"MJPG"), 4, (32, 32))
+    if not writer.isOpened():
+        pytest.skip("this OpenCV build cannot write MJPG video")
+    for path in sorted(glob.glob(os.path.join(frames, "*.png")), key=demo._natural_key):
+        for _ in range(4):  # 4 fps: one second per frame
+            writer.write(cv2.imread(path))
+    writer.release()
+    out = tmp_path / "out"
+    _run("ms3.yaml", _weights("ms3.yaml", tmp_path), video, wav, out)
+    assert sorted(os.listdir(out)).count("frame_4.png") == 1
+
+
+def test_demo_missing_frames_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no frames"):
+        demo.list_frames(str(tmp_path))

@@ -1,0 +1,353 @@
+#!/usr/bin/env python
+"""Speed and memory of SelM on whatever device this runs on (SPEC §7).
+
+    python tools/benchmark.py                                  # every section, CPU or CUDA
+    python tools/benchmark.py --sections latency scan --repeats 5
+
+Writes ``benchmark.json`` (all numbers + the machine), ``benchmark.md`` (the README table)
+and ``scaling.png`` (latency vs frames per clip) into ``--output-dir``. Sections:
+
+- latency: one clip (T=5, 224²) through SelM, through its visual backbone alone, and through
+  its two encoders alone (backbone + VGGish), for the R50 and PVT-v2-b5 paper configs;
+- scaling: SelM-R50 latency at T = 5, 10, 20, 40 and at 160², 224², 320²;
+- train: one training step (forward + backward + AdamW) of SelM-R50 and of the AVS-Synth model;
+- scan: BCSM's selective scan, vectorised vs step-by-step, fwd + bwd (and mamba-ssm on CUDA);
+- data: clip loading throughput (5 frames 224², wav decoding + log-mel) with 0, 1, 2 workers;
+- flops: parameters and fvcore FLOPs of the paper configs.
+Peak memory: CUDA max allocated on GPU; on CPU the process's peak RSS after each section.
+"""
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+import tqdm
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from detectron2.config import get_cfg  # noqa: E402
+from detectron2.modeling import build_model  # noqa: E402
+
+from selm_d2 import add_selm_config  # noqa: E402
+from selm_d2.modeling.mamba import selective_scan, selective_scan_ref  # noqa: E402
+
+REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+PAPER_CONFIGS = {"R50": "configs/ms3/selm_R50.yaml", "PVT-v2-b5": "configs/ms3/selm_pvt_v2_b5.yaml"}
+SYNTH_CONFIG = "configs/synth/ms3.yaml"
+SECTIONS = ("latency", "scaling", "train", "scan", "data", "flops")
+
+
+def load_cfg(path, device, opts=()):
+    cfg = get_cfg()
+    add_selm_config(cfg)
+    cfg.merge_from_file(os.path.join(REPO, path))
+    # No pretrained files are needed to time a network: random weights cost the same.
+    cfg.MODEL.SELM.VISUAL_WEIGHTS = ""
+    cfg.MODEL.SELM.AUDIO.WEIGHTS = ""
+    cfg.MODEL.DEVICE = device
+    cfg.merge_from_list(list(opts))
+    cfg.freeze()
+    return cfg
+
+
+def clip_input(num_frames, size, num_classes=1, train=False):
+    """One mapper-style clip dict of random content."""
+    clip = {
+        "image": torch.randint(0, 256, (num_frames, 3, size, size), dtype=torch.uint8),
+        "audio": torch.randn(num_frames, 1, 96, 64),
+        "frame_valid": torch.ones(num_frames, dtype=torch.bool),
+        "height": size, "width": size, "clip_id": "bench",
+    }
+    if train:
+        clip["sem_seg"] = torch.randint(0, num_classes + 1, (num_frames, size, size))
+        clip["frame_mask_flags"] = torch.ones(num_frames, dtype=torch.bool)
+    return clip
+
+
+def _sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def timeit(fn, device, repeats, warmup=1):
+    """Median wall time of ``fn()`` in seconds."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def peak_memory_mb(device):
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _encoders_alone(model, images, audio):
+    """The visual backbone and VGGish on the same input, without DAM/BCSM/CLEVER."""
+    model.backbone(images)
+    model.audio_encoder(audio)
+
+
+def bench_latency(device, repeats):
+    rows = []
+    for name, path in PAPER_CONFIGS.items():
+        model = build_model(load_cfg(path, device)).eval()
+        clip = clip_input(5, 224)
+        images = ((clip["image"].float() - model.pixel_mean.cpu()) / model.pixel_std.cpu()).to(device)
+        audio = clip["audio"].to(device)
+        with torch.no_grad():
+            selm = timeit(lambda: model([clip]), device, repeats)
+            backbone = timeit(lambda: model.backbone(images), device, repeats)
+            encoders = timeit(lambda: _encoders_alone(model, images, audio), device, repeats)
+        rows.append({"backbone": name, "selm_s": selm, "backbone_alone_s": backbone,
+                     "encoders_alone_s": encoders, "selm_over_backbone": selm / backbone,
+                     "selm_over_encoders": selm / encoders, "clips_per_s": 1.0 / selm})
+        del model
+    return rows
+
+
+def bench_scaling(device, repeats):
+    model = build_model(load_cfg(PAPER_CONFIGS["R50"], device)).eval()
+    frames, sizes = [], []
+    with torch.no_grad():
+        for t in tqdm.tqdm((5, 10, 20, 40), desc="scaling T", leave=False):
+            clip = clip_input(t, 224)
+            frames.append({"T": t, "size": 224, "latency_s": timeit(lambda: model([clip]), device, repeats)})
+        for size in tqdm.tqdm((160, 224, 320), desc="scaling size", leave=False):
+            clip = clip_input(5, size)
+            sizes.append({"T": 5, "size": size, "latency_s": timeit(lambda: model([clip]), device, repeats)})
+    return {"frames": frames, "resolution": sizes}
+
+
+def _train_step_time(cfg, device, repeats, batch):
+    model = build_model(cfg).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-5)
+    clips = [clip_input(cfg.INPUT.AVS.NUM_FRAMES, cfg.INPUT.AVS.SIZE, cfg.MODEL.SELM.NUM_CLASSES, train=True)
+             for _ in range(batch)]
+
+    def step():
+        losses = model(clips)
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
+
+    seconds = timeit(step, device, repeats)
+    return {"batch_clips": batch, "step_s": seconds, "clips_per_s": batch / seconds}
+
+
+def bench_train(device, repeats):
+    return {
+        "SelM-R50 (224², T=5)": _train_step_time(load_cfg(PAPER_CONFIGS["R50"], device), device, repeats, 4),
+        "SelM AVS-Synth (configs/synth/ms3.yaml)": _train_step_time(
+            load_cfg(SYNTH_CONFIG, device), device, repeats, load_cfg(SYNTH_CONFIG, device).SOLVER.IMS_PER_BATCH),
+    }
+
+
+def bench_scan(device, repeats, length=1024, d_inner=256, d_state=16):
+    g = torch.Generator().manual_seed(0)
+
+    def inputs():
+        u = torch.randn(1, d_inner, length, generator=g)
+        delta = torch.rand(1, d_inner, length, generator=g) * 0.1
+        A = -torch.rand(d_inner, d_state, generator=g)
+        B = torch.randn(1, d_state, length, generator=g)
+        C = torch.randn(1, d_state, length, generator=g)
+        D = torch.randn(d_inner, generator=g)
+        z = torch.randn(1, d_inner, length, generator=g)
+        return [x.to(device).requires_grad_() for x in (u, delta, A, B, C, D, z)]
+
+    def fwd_bwd(fn):
+        args = inputs()
+
+        def run():
+            out = fn(*args[:6], z=args[6], delta_softplus=True)
+            out.sum().backward()
+
+        return run
+
+    result = {"L": length, "d_inner": d_inner, "d_state": d_state,
+              "vectorised_s": timeit(fwd_bwd(selective_scan), device, repeats),
+              "sequential_s": timeit(fwd_bwd(selective_scan_ref), device, max(1, repeats // 2))}
+    result["speedup"] = result["sequential_s"] / result["vectorised_s"]
+    if device == "cuda":
+        try:
+            from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+        except ImportError:
+            result["mamba_ssm_s"] = None
+        else:
+            result["mamba_ssm_s"] = timeit(fwd_bwd(selective_scan_fn), device, repeats)
+    return result
+
+
+def bench_data(clips=12):
+    """Loading throughput of the real loader + mapper on generated 224² S4-layout clips."""
+    from detectron2.data import build_detection_test_loader
+
+    from selm_d2.data import AVSClipDatasetMapper, register_avs_dataset
+    from selm_d2.data.synthetic import generate
+
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        generate(tmp, layouts=("s4",), clips_per_split={"train": clips, "val": 0, "test": 0}, size=224, seed=0)
+        name = "_benchmark_s4_{}".format(os.getpid())
+        register_avs_dataset(name, tmp, "avsbench_s4", split="train")
+        cfg = load_cfg(SYNTH_CONFIG, "cpu", ["INPUT.AVS.SIZE", 224, "INPUT.AVS.AUDIO.SOURCE", "wav"])
+        from detectron2.data import DatasetCatalog
+
+        dicts = DatasetCatalog.get(name)
+        mapper = AVSClipDatasetMapper(cfg, is_train=True)
+        for workers in (0, 1, 2):
+            loader = build_detection_test_loader(dicts, mapper=mapper, num_workers=workers)
+            start = time.perf_counter()
+            count = sum(1 for _ in loader)
+            results.append({"workers": workers, "clips_per_s": count / (time.perf_counter() - start)})
+    return results
+
+
+def bench_flops(device):
+    from fvcore.nn import FlopCountAnalysis
+
+    rows = []
+    for name, path in PAPER_CONFIGS.items():
+        model = build_model(load_cfg(path, device)).eval()
+        clip = clip_input(5, 224)
+        params = sum(p.numel() for p in model.parameters())
+        flops = FlopCountAnalysis(model, ([clip],))
+        flops.unsupported_ops_warnings(False)
+        flops.uncalled_modules_warnings(False)
+        rows.append({"backbone": name, "params_M": params / 1e6, "gflops_per_clip": flops.total() / 1e9,
+                     "backbone_params_M": sum(p.numel() for p in model.backbone.parameters()) / 1e6})
+    return rows
+
+
+def machine_info(device):
+    info = {"device": device, "torch": torch.__version__, "python": platform.python_version(),
+            "cpu": platform.processor() or platform.machine(), "cpu_threads": torch.get_num_threads()}
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def markdown(report):
+    m = report["machine"]
+    lines = ["Measured on {} ({}, torch {}, {} threads) by `python tools/benchmark.py`.".format(
+        m.get("gpu", "CPU"), m["cpu"], m["torch"], m["cpu_threads"]), ""]
+    if "latency" in report:
+        lines += ["| one clip, T=5, 224² | SelM (s) | visual backbone alone (s) | backbone + VGGish (s) "
+                  "| SelM / backbone | SelM / encoders |", "|---|---|---|---|---|---|"]
+        for r in report["latency"]:
+            lines.append("| {backbone} | {selm_s:.3f} | {backbone_alone_s:.3f} | {encoders_alone_s:.3f} | "
+                         "{selm_over_backbone:.2f}× | {selm_over_encoders:.2f}× |".format(**r))
+        lines.append("")
+    if "scaling" in report:
+        lines += ["| SelM-R50 latency | " + " | ".join("T={T}".format(**r) for r in report["scaling"]["frames"])
+                  + " | " + " | ".join("{size}²".format(**r) for r in report["scaling"]["resolution"]) + " |",
+                  "|---" * (1 + len(report["scaling"]["frames"]) + len(report["scaling"]["resolution"])) + "|",
+                  "| seconds | " + " | ".join("{:.3f}".format(r["latency_s"]) for r in report["scaling"]["frames"])
+                  + " | " + " | ".join("{:.3f}".format(r["latency_s"]) for r in report["scaling"]["resolution"]) + " |",
+                  ""]
+    if "train" in report:
+        lines += ["| training step | clips/batch | s/step | clips/s |", "|---|---|---|---|"]
+        for name, r in report["train"].items():
+            lines.append("| {} | {batch_clips} | {step_s:.3f} | {clips_per_s:.2f} |".format(name, **r))
+        lines.append("")
+    if "scan" in report:
+        s = report["scan"]
+        lines += ["| selective scan fwd+bwd (L={L}, d_inner={d_inner}, d_state={d_state}) | s |".format(**s),
+                  "|---|---|", "| step-by-step reference | {:.4f} |".format(s["sequential_s"]),
+                  "| vectorised (chunked) | {:.4f} ({:.1f}× faster) |".format(s["vectorised_s"], s["speedup"])]
+        if s.get("mamba_ssm_s") is not None:
+            lines.append("| mamba-ssm CUDA kernel | {:.4f} |".format(s["mamba_ssm_s"]))
+        lines.append("")
+    if "data" in report:
+        lines += ["| data loading (5 × 224² frames + wav + log-mel) | " + " | ".join(
+            "{workers} workers".format(**r) for r in report["data"]) + " |",
+            "|---" * (1 + len(report["data"])) + "|",
+            "| clips/s | " + " | ".join("{:.1f}".format(r["clips_per_s"]) for r in report["data"]) + " |", ""]
+    if "flops" in report:
+        lines += ["| paper config | params (M) | of which visual backbone (M) | GFLOPs / clip (fvcore) |",
+                  "|---|---|---|---|"]
+        for r in report["flops"]:
+            lines.append("| {backbone} | {params_M:.1f} | {backbone_params_M:.1f} | {gflops_per_clip:.1f} |".format(**r))
+        lines.append("")
+    if "peak_memory_mb" in report:
+        lines.append("Peak memory ({}): ".format("CUDA allocated" if m["device"] == "cuda" else "process RSS")
+                     + ", ".join("{} {:.0f} MB".format(k, v) for k, v in report["peak_memory_mb"].items()))
+    return "\n".join(lines) + "\n"
+
+
+def scaling_plot(report, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    frames = report["scaling"]["frames"]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    xs = [r["T"] for r in frames]
+    ys = [r["latency_s"] for r in frames]
+    ax.plot(xs, ys, "o-", label="SelM-R50, 224²")
+    ax.plot(xs, [ys[0] * x / xs[0] for x in xs], "--", color="gray", label="linear in T")
+    ax.set_xlabel("frames per clip (T)")
+    ax.set_ylabel("latency per clip (s)")
+    ax.set_title("SelM scaling on {}".format(report["machine"].get("gpu", "CPU")))
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path + ".tmp.png", dpi=120)
+    os.replace(path + ".tmp.png", path)
+
+
+def write_atomic(path, text):
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--output-dir", default="output/benchmark")
+    args = parser.parse_args(argv)
+    os.makedirs(args.output_dir, exist_ok=True)
+
+    report = {"machine": machine_info(args.device), "peak_memory_mb": {}}
+    runners = {
+        "latency": lambda: bench_latency(args.device, args.repeats),
+        "scaling": lambda: bench_scaling(args.device, args.repeats),
+        "train": lambda: bench_train(args.device, args.repeats),
+        "scan": lambda: bench_scan(args.device, args.repeats),
+        "data": bench_data,
+        "flops": lambda: bench_flops(args.device),
+    }
+    for section in tqdm.tqdm(args.sections, desc="benchmark", unit="section"):
+        if args.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        report[section] = runners[section]()
+        report["peak_memory_mb"][section] = peak_memory_mb(args.device)
+        # Partial results survive an interrupted run.
+        write_atomic(os.path.join(args.output_dir, "benchmark.json"), json.dumps(report, indent=2))
+
+    table = markdown(report)
+    write_atomic(os.path.join(args.output_dir, "benchmark.md"), table)
+    if "scaling" in report:
+        scaling_plot(report, os.path.join(args.output_dir, "scaling.png"))
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

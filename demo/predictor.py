@@ -78,8 +78,8 @@ def draw_prediction(frame_rgb, label_map, metadata):
     classes = metadata.get("stuff_classes", None)
     if classes is None or len(classes) <= 2:
         if label_map.any():
-            vis.draw_binary_mask(label_map.astype(np.uint8), color=_BINARY_COLOR, alpha=0.5,
-                                 text=classes[1] if classes else None)
+            # No label text: one class, and text would cover small frames.
+            vis.draw_binary_mask(label_map.astype(np.uint8), color=_BINARY_COLOR, alpha=0.5)
         return vis.output.get_image()
     # detectron2 skips labels >= len(stuff_classes): hide the background that way.
     shown = np.where(label_map == 0, 255, label_map)

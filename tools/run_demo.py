@@ -4,7 +4,7 @@
 1. generate AVS-Synth (MS3 layout) under $DETECTRON2_DATASETS/avs_synth (no-op when present);
 2. train SelM (configs/synth/ms3.yaml) with train_net.py, resuming if interrupted;
 3. train its visual-only twin (same recipe, every clip hears silence);
-4. evaluate both with train_net.py --eval-only (SelM also with silenced / swapped audio);
+4. evaluate both after training (SelM also with silenced / swapped audio);
 5. draw overlays and BCSM heat maps of test clips into output/demo/overlays/ and a summary
    picture output/demo/summary.png; print and save the results table (output/demo/results.md).
 """
@@ -29,11 +29,10 @@ def run(cmd, env):
 
 def train_and_eval(name, out_root, env, opts, illusion):
     output_dir = os.path.join(out_root, name)
-    base = [sys.executable, "train_net.py", "--config-file", CONFIG]
-    common = ["OUTPUT_DIR", output_dir, "TEST.EVAL_PERIOD", "0"] + opts
-    run(base + ["--resume"] + common, env)
-    run(base + ["--eval-only"] + common + ["MODEL.WEIGHTS", os.path.join(output_dir, "model_final.pth"),
-                                           "TEST.AVS.ILLUSION", str(illusion)], env)
+    # detectron2 evaluates once after training (also when --resume finds training finished),
+    # so one command trains, resumes and evaluates.
+    run([sys.executable, "train_net.py", "--config-file", CONFIG, "--resume", "OUTPUT_DIR", output_dir,
+         "TEST.EVAL_PERIOD", "0", "TEST.AVS.ILLUSION", str(illusion)] + opts, env)
     metrics = {}
     inference = os.path.join(output_dir, "inference", TEST_SET)
     for fname in sorted(os.listdir(inference)):
@@ -71,13 +70,14 @@ def render(out_root, num_clips):
         out = predictor(clip)
         labels = prediction_masks(out["sem_seg"]).cpu().numpy()
         gt = read_clip_masks(clip)
-        level = sorted(out.get("selection_maps", {}))[-1:]  # the finest level (res3)
+        maps = out.get("selection_maps", {})
+        finest = max(maps, key=lambda name: maps[name][0].numel()) if maps else None
         row_pred, row_gt, row_heat = [], [], []
         for k, path in enumerate(clip["file_names"]):
             frame = read_image(path, format="RGB")
             pred = draw_prediction(frame, labels[k], metadata)
             truth = draw_prediction(frame, np.where(gt[k] == 255, 0, gt[k]), metadata)
-            heat = draw_heatmap(frame, out["selection_maps"][level[0]][k].float().cpu().numpy()) if level else frame
+            heat = draw_heatmap(frame, maps[finest][k].float().cpu().numpy()) if finest else frame
             folder = os.path.join(out_root, "overlays", clip["clip_id"])
             write_image_atomic(os.path.join(folder, "frame_{}.png".format(k)), pred)
             write_image_atomic(os.path.join(folder, "heatmap_{}.png".format(k)), heat)

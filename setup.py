@@ -27,6 +27,6 @@ setup(
     extras_require={
         # CUDA-only fast path for the Mamba blocks of BCSM; needs nvcc and a GPU to build.
         "mamba": ["mamba-ssm>=1.2", "causal-conv1d>=1.2"],
-        "dev": ["pytest>=7", "pytest-timeout"],
+        "dev": ["pytest>=7"],
     },
 )

@@ -44,10 +44,16 @@ def test_broken_tree_fails_and_names_paths(tmp_path, capsys):
     write_image(bad_colour, np.full((24, 32, 3), (12, 34, 56), np.uint8))
     wrong_size = os.path.join(avss, "v1m", "m_1", "labels_rgb", "1.png")
     write_image(wrong_size, np.zeros((10, 10, 3), np.uint8))
+    # Frames after the first are checked too: one missing, one of another size.
+    missing_frame = os.path.join(s4, "visual_frames", "val", "race_car", "b2", "b2_4.png")
+    os.remove(missing_frame)
+    small_frame = os.path.join(avss, "v1m", "m_1", "frames", "3.jpg")
+    write_image(small_frame, np.zeros((10, 10, 3), np.uint8))
 
-    assert main([root]) == 1  # header-level checks see the missing mask and the size
+    assert main([root]) == 1  # header-level checks see the missing files and the sizes
     out = capsys.readouterr().out
     assert missing_mask in out and wrong_size in out and corrupt_wav not in out
+    assert missing_frame in out and small_frame in out
 
     assert main([os.path.join(root, "avsbench_object"), "--layout", "avsbench_s4",
                  "--splits", "train", "test", "--deep"]) == 1

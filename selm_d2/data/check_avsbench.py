@@ -86,27 +86,27 @@ def _image_size(path, report, deep):
         return None
 
 
+def _check_image(path, missing_kind, expected_size, report, deep):
+    """Report a missing, corrupt or wrongly sized image; returns its (W, H) or None."""
+    if not os.path.isfile(path):
+        report.add(missing_kind, path)
+        return None
+    size = _image_size(path, report, deep)
+    if size is not None and expected_size is not None and size != expected_size:
+        report.add("size_mismatch", "{} is {}x{}, the clip's first frame {}x{}".format(
+            path, size[0], size[1], expected_size[0], expected_size[1]))
+    return size
+
+
 def _check_clip(clip, report, deep):
     frame_size = None
     for path in clip["file_names"]:
-        if not os.path.isfile(path):
-            report.add("missing_frames", path)
-            continue
-        size = _image_size(path, report, deep)
-        if size is not None and frame_size is not None and size != frame_size:
-            report.add("size_mismatch", "{} is {}x{}, the clip's first frame {}x{}".format(
-                path, size[0], size[1], frame_size[0], frame_size[1]))
+        size = _check_image(path, "missing_frames", frame_size, report, deep)
         frame_size = frame_size or size
     for path in clip["sem_seg_file_names"]:
         if path is None:
             continue
-        if not os.path.isfile(path):
-            report.add("missing_masks", path)
-            continue
-        size = _image_size(path, report, deep)
-        if size is not None and frame_size is not None and size != frame_size:
-            report.add("size_mismatch", "{} is {}x{}, its frames {}x{}".format(
-                path, size[0], size[1], frame_size[0], frame_size[1]))
+        size = _check_image(path, "missing_masks", frame_size, report, deep)
         if deep and size is not None:
             try:
                 read_mask(path, clip["mask_format"])

@@ -100,3 +100,26 @@ def test_evaluator_type_missing_is_a_clear_error():
     add_selm_config(cfg)
     with pytest.raises(ValueError, match="_test_train_net_no_type.*evaluator_type"):
         Trainer.build_evaluator(cfg, "_test_train_net_no_type")
+
+
+def test_avss_trains_and_evaluates_with_padded_clips(tmp_path):
+    """AVSS-layout clips of 5 and 10 frames, padded to 10: training and mIoU/F evaluation."""
+    from train_net import Trainer
+
+    root = str(tmp_path / "synth")
+    generate(root, layouts=("avss",), clips_per_split={"train": 3, "val": 0, "test": 4}, size=32,
+             seed=5, progress=False)
+    names = {split: "_test_train_net_avss_{}".format(split) for split in ("train", "test")}
+    for split, name in names.items():
+        register_avs_dataset(name, os.path.join(root, "AVSS"), "avss", split=split)
+    cfg = get_cfg()
+    add_selm_config(cfg)
+    cfg.merge_from_file(os.path.join(REPO_ROOT, "configs", "synth", "avss.yaml"))
+    cfg.merge_from_list(_opts(names, tmp_path, max_iter=2) + ["TEST.AVS.EVAL_SIZE", "32"])
+    cfg.freeze()
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    results = Trainer.test(cfg, trainer.model)["sem_seg"]
+    for key in ("mIoU", "F", "mIoU_noBg", "F_noBg"):
+        assert 0.0 <= results[key] <= 100.0, key

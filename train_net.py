@@ -24,7 +24,7 @@ from detectron2.data import (
 )
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from detectron2.engine.train_loop import TrainerBase
-from detectron2.evaluation import DatasetEvaluators, inference_on_dataset, verify_results
+from detectron2.evaluation import inference_on_dataset, verify_results
 from detectron2.solver.build import maybe_add_gradient_clipping
 from detectron2.utils.logger import setup_logger
 

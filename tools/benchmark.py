@@ -114,7 +114,6 @@ def bench_latency(device, repeats):
         rows.append({"backbone": name, "selm_s": selm, "backbone_alone_s": backbone,
                      "encoders_alone_s": encoders, "selm_over_backbone": selm / backbone,
                      "selm_over_encoders": selm / encoders, "clips_per_s": 1.0 / selm})
-        del model
     return rows
 
 
@@ -194,7 +193,7 @@ def bench_scan(device, repeats, length=1024, d_inner=256, d_state=16):
 
 def bench_data(clips=48):
     """Loading throughput of the real loader + mapper on generated 224² S4-layout clips."""
-    from detectron2.data import build_detection_test_loader
+    from detectron2.data import DatasetCatalog, build_detection_test_loader
 
     from selm_d2.data import AVSClipDatasetMapper, register_avs_dataset
     from selm_d2.data.synthetic import generate
@@ -205,8 +204,6 @@ def bench_data(clips=48):
         name = "_benchmark_s4_{}".format(os.getpid())
         register_avs_dataset(name, tmp, "avsbench_s4", split="train")
         cfg = load_cfg(SYNTH_CONFIG, "cpu", ["INPUT.AVS.SIZE", 224, "INPUT.AVS.AUDIO.SOURCE", "wav"])
-        from detectron2.data import DatasetCatalog
-
         dicts = DatasetCatalog.get(name)
         mapper = AVSClipDatasetMapper(cfg, is_train=True)
         for workers in (0, 1, 2):

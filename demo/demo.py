@@ -48,6 +48,8 @@ def get_parser():
     parser.add_argument("--output", required=True, help="output folder")
     parser.add_argument("--heatmaps", action="store_true", help="also draw BCSM selection maps")
     parser.add_argument("--fps", type=float, default=1.0, help="frame rate of overlay.mp4")
+    parser.add_argument("--allow-random-weights", action="store_true",
+                        help="run even when MODEL.WEIGHTS is empty (an untrained model)")
     parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return parser
 
@@ -121,7 +123,7 @@ def write_video(frames_rgb, path, fps):
 
 def run(args):
     cfg = setup_cfg(args)
-    predictor = AVSPredictor(cfg)
+    predictor = AVSPredictor(cfg, allow_random_weights=args.allow_random_weights)
     metadata = metadata_for(cfg)
     os.makedirs(args.output, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:

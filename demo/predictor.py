@@ -1,4 +1,5 @@
 """Run a trained SelM on one clip (frames + audio) and draw the result with detectron2's Visualizer."""
+import logging
 import os
 import tempfile
 
@@ -24,12 +25,27 @@ class AVSPredictor:
     features are identical to what the model saw in ``train_net.py --eval-only``.
     """
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, allow_random_weights=False):
+        """
+        Args:
+            cfg: a SelM config; ``MODEL.WEIGHTS`` names the trained checkpoint.
+            allow_random_weights: run an untrained model when ``MODEL.WEIGHTS`` is empty
+                (for trying the pipeline only); otherwise that is an error.
+        """
+        if not cfg.MODEL.WEIGHTS and not allow_random_weights:
+            raise ValueError(
+                "MODEL.WEIGHTS is empty: the demo would segment with an untrained, random model. "
+                "Pass a trained checkpoint (--opts MODEL.WEIGHTS output/model_final.pth; `make demo` "
+                "writes one to output/demo/selm/model_final.pth), or --allow-random-weights to run "
+                "the pipeline without one.")
         self.cfg = cfg.clone()
         self.model = build_model(self.cfg)
         self.model.eval()
         if cfg.MODEL.WEIGHTS:
             DetectionCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
+        else:
+            logging.getLogger(__name__).warning(
+                "MODEL.WEIGHTS is empty: running an untrained model (--allow-random-weights)")
         self.mapper = AVSClipDatasetMapper(self.cfg, is_train=False)
 
     def __call__(self, dataset_dict):

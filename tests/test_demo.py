@@ -83,3 +83,15 @@ def test_demo_reads_a_video_file(synth_clip, tmp_path):
 def test_demo_missing_frames_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no frames"):
         demo.list_frames(str(tmp_path))
+
+
+def test_demo_refuses_random_weights_unless_asked(synth_clip, tmp_path):
+    frames, wav = synth_clip
+    args = ["--config-file", os.path.join(REPO_ROOT, "configs", "synth", "ms3.yaml"),
+            "--input", frames, "--audio", wav, "--output", str(tmp_path / "out"),
+            "--opts", "INPUT.AVS.SIZE", "32"]
+    with pytest.raises(ValueError, match="MODEL.WEIGHTS is empty.*--allow-random-weights"):
+        demo.main(args)
+    assert not (tmp_path / "out" / "frame_0.png").exists()
+    demo.main(args[:-3] + ["--allow-random-weights"] + args[-3:])
+    assert (tmp_path / "out" / "frame_0.png").exists()

@@ -4,14 +4,21 @@
     python train_net.py --config-file configs/ms3/selm_pvt_v2_b5.yaml --num-gpus 4
     python train_net.py --config-file configs/ms3/selm_pvt_v2_b5.yaml --eval-only MODEL.WEIGHTS model.pth
     python train_net.py --config-file ... --resume      # continue from OUTPUT_DIR/last_checkpoint
+    python train_net.py --config-file ... --dataset my_train=avsbench_ms3:/data/tree:train \
+        DATASETS.TRAIN "('my_train',)"                 # a dataset of your own, no Python
+    torchrun --nproc_per_node 2 train_net.py --config-file ...   # any number of processes,
+                                                     # also on CPU (gloo) and detectron2 v0.6
 """
 import copy
 import itertools
 import logging
 import os
+import weakref
 from collections import OrderedDict
 
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 import detectron2.utils.comm as comm
 from detectron2.checkpoint import DetectionCheckpointer
@@ -22,7 +29,14 @@ from detectron2.data import (
     build_detection_test_loader,
     build_detection_train_loader,
 )
-from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.engine import (
+    AMPTrainer,
+    DefaultTrainer,
+    SimpleTrainer,
+    default_argument_parser,
+    default_setup,
+    launch,
+)
 from detectron2.engine.train_loop import TrainerBase
 from detectron2.evaluation import inference_on_dataset, verify_results
 from detectron2.solver.build import maybe_add_gradient_clipping
@@ -30,7 +44,11 @@ from detectron2.utils.logger import setup_logger
 
 from selm_d2 import add_selm_config
 from selm_d2.data import AVSClipDatasetMapper
-from selm_d2.evaluation import AVSEvaluator
+from selm_d2.data.datasets import register_dataset_specs
+from selm_d2.evaluation import AVSEvaluator, model_output_request
+from selm_d2.modeling.pretrained import load_pretrained_encoders
+
+logger = logging.getLogger("selm_d2.train_net")
 
 _NORM_TYPES = (
     torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm,
@@ -42,13 +60,53 @@ _NORM_TYPES = (
 class Trainer(DefaultTrainer):
     """DefaultTrainer with SelM's clip loaders, AVS evaluation, optimizer and complete resume."""
 
+    def __init__(self, cfg):
+        # DefaultTrainer.__init__ (the same on detectron2 v0.6 and main) except for the DDP
+        # wrapper: detectron2's passes device_ids=[local rank], which DDP refuses for a model on
+        # CPU, so multi-process CPU training (gloo) would fail there.
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = create_ddp_model(model)
+        trainer_cls = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
+        self._trainer = trainer_cls(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    def resume_or_load(self, resume=True):
+        """Resume, or start from ``MODEL.WEIGHTS``, or (neither) from the pretrained encoder
+        files ``MODEL.SELM.VISUAL_WEIGHTS`` / ``AUDIO.WEIGHTS``, which only this case reads."""
+        if resume and self.checkpointer.has_checkpoint():
+            logger.info("Resuming from %s", self.checkpointer.get_checkpoint_file())
+        elif self.cfg.MODEL.WEIGHTS:
+            logger.info("Initialising from MODEL.WEIGHTS %s; MODEL.SELM.VISUAL_WEIGHTS and "
+                        "AUDIO.WEIGHTS are not read", self.cfg.MODEL.WEIGHTS)
+        else:
+            load_pretrained_encoders(_unwrap(self.model), self.cfg)
+        super().resume_or_load(resume=resume)
+
     @classmethod
     def build_train_loader(cls, cfg):
         return build_detection_train_loader(cfg, mapper=AVSClipDatasetMapper(cfg, is_train=True))
 
     @classmethod
-    def build_test_loader(cls, cfg, dataset_name):
-        return build_detection_test_loader(cfg, dataset_name, mapper=AVSClipDatasetMapper(cfg, is_train=False))
+    def build_test_loader(cls, cfg, dataset_name, dicts=None):
+        """Clips of ``dataset_name`` (or the given ``dicts`` of it) for evaluation, each asking
+        the model for just what the evaluator scores (size, labels or probabilities)."""
+        dicts = DatasetCatalog.get(dataset_name) if dicts is None else dicts
+        request = model_output_request(
+            MetadataCatalog.get(dataset_name).get("evaluator_type", None), cfg.TEST.AVS.EVAL_SIZE)
+        return build_detection_test_loader([dict(d, **request) for d in dicts],
+                                           mapper=AVSClipDatasetMapper(cfg, is_train=False),
+                                           num_workers=cfg.DATALOADER.NUM_WORKERS)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None, prefix=""):
@@ -140,16 +198,31 @@ class Trainer(DefaultTrainer):
         results = super().test(cfg, model, evaluators)
         if not cfg.TEST.AVS.ILLUSION:
             return results
-        mapper = AVSClipDatasetMapper(cfg, is_train=False)
         for dataset_name in cfg.DATASETS.TEST:
             dicts = DatasetCatalog.get(dataset_name)
             for mode, altered in (("silenced", _silenced(dicts)), ("swapped", _swapped(dicts))):
-                loader = build_detection_test_loader(altered, mapper=mapper)
+                loader = cls.build_test_loader(cfg, dataset_name, altered)
                 evaluator = cls.build_evaluator(cfg, dataset_name, prefix=mode)
                 res = inference_on_dataset(model, loader, evaluator)
                 if comm.is_main_process():
                     _merge(results, dataset_name, res, len(cfg.DATASETS.TEST))
         return results
+
+
+def create_ddp_model(model):
+    """DistributedDataParallel when there are several processes, on CUDA (NCCL) or CPU (gloo).
+
+    SelM builds only modules whose outputs reach the loss, so no find_unused_parameters.
+    Buffers are not broadcast, as in detectron2's DefaultTrainer.
+    """
+    if comm.get_world_size() == 1:
+        return model
+    device_ids = [comm.get_local_rank()] if next(model.parameters()).is_cuda else None
+    return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+
+
+def _unwrap(model):
+    return model.module if isinstance(model, DistributedDataParallel) else model
 
 
 def _full_model_clipping(optimizer_cls, clip_norm):
@@ -199,18 +272,27 @@ def setup(args):
             "selm_d2/config.py; detectron2's in detectron2/config/defaults.py. Check the spelling "
             "or remove the key.".format(e.args[0] if e.args else e, args.config_file)
         ) from None
-    if cfg.SOLVER.AMP.ENABLED and not torch.cuda.is_available():
-        # Mixed precision is a CUDA feature here; CPU runs stay in fp32.
-        cfg.SOLVER.AMP.ENABLED = False
+    changes = []
     if not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"
+        if cfg.SOLVER.AMP.ENABLED:
+            # Mixed precision is a CUDA feature here; CPU runs stay in fp32.
+            cfg.SOLVER.AMP.ENABLED = False
+            changes.append("SOLVER.AMP.ENABLED True -> False (AMP needs CUDA)")
+        if cfg.MODEL.DEVICE != "cpu":
+            changes.append("MODEL.DEVICE {} -> cpu (no CUDA device is visible)".format(
+                cfg.MODEL.DEVICE))
+            cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="selm_d2")
+    for change in changes:
+        logger.warning("Changed %s", change)
     return cfg
 
 
 def main(args):
+    # Here, not at import: launch() spawns processes that call main() and need the names too.
+    register_dataset_specs(args.dataset)
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
@@ -229,20 +311,62 @@ def check_num_gpus(num_gpus):
     available = torch.cuda.device_count()
     if num_gpus > max(available, 1):
         raise SystemExit(
-            "--num-gpus {} but {} CUDA device(s) are visible. Use --num-gpus {} (CPU runs use 1), "
-            "or check CUDA_VISIBLE_DEVICES.".format(num_gpus, available, max(available, 1))
+            "--num-gpus {} but {} CUDA device(s) are visible. Use --num-gpus {} (CPU runs use 1, "
+            "or `torchrun --nproc_per_node N train_net.py ...` for N CPU processes), or check "
+            "CUDA_VISIBLE_DEVICES.".format(num_gpus, available, max(available, 1))
         )
 
 
+def get_parser():
+    parser = default_argument_parser()
+    parser.add_argument(
+        "--dataset", action="append", default=[], metavar="NAME=LAYOUT:ROOT[:SPLIT]",
+        help="register a dataset of your own under NAME (repeatable), e.g. "
+        "my_train=avsbench_ms3:/data/my_tree:train; LAYOUT is avsbench_s4, avsbench_ms3, avss "
+        "or manifest (ROOT is then the manifest file). Use NAME in DATASETS.TRAIN/TEST.")
+    return parser
+
+
+def started_by_torchrun():
+    """torchrun (or another torch.distributed launcher) started this process."""
+    return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def init_process_group_from_env():
+    """Join the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_*):
+    NCCL on GPUs, gloo on CPU, and detectron2's per-machine group on v0.6 and main alike."""
+    local_rank = int(os.environ["LOCAL_RANK"])
+    local_size = int(os.environ["LOCAL_WORLD_SIZE"])
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", init_method="env://")
+    comm.synchronize()
+    if hasattr(comm, "create_local_process_group"):  # detectron2 main
+        comm.create_local_process_group(local_size)
+    else:  # detectron2 v0.6 keeps the group in a module attribute
+        machine = dist.get_rank() // local_size
+        for i in range(dist.get_world_size() // local_size):
+            group = dist.new_group(list(range(i * local_size, (i + 1) * local_size)))
+            if i == machine:
+                comm._LOCAL_PROCESS_GROUP = group
+
+
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
-    check_num_gpus(args.num_gpus)
+    args = get_parser().parse_args()
     print("Command Line Args:", args)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    if started_by_torchrun():
+        if args.num_gpus != 1:
+            raise SystemExit("Under torchrun, leave --num-gpus at 1: torchrun --nproc_per_node "
+                             "sets the number of processes.")
+        init_process_group_from_env()
+        main(args)
+    else:
+        check_num_gpus(args.num_gpus)
+        launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )

@@ -14,7 +14,17 @@ selects per level; CLEVER (Cross-LEVEl Reasoning decoder, §4.4) decodes the mas
 Padding frames (``frame_valid`` False; AVSS clips padded to 10 frames) are zeroed after the
 projections as in the official AVSS model, masked out of CLEVER's audio keys, left out of the
 losses and dropped from the outputs.
+
+Only modules whose outputs reach the loss are built (see ``_plan_fusion``): an ablation that
+drops a consumer (CLEVER's audio cross-attention, cross-level decoding) also drops what only
+fed it, and encoder parts that must keep the pretrained layout but feed nothing are frozen.
+Multi-process (DDP) training then needs no ``find_unused_parameters``.
+
+Building the model reads no file: pretrained encoders are loaded by the trainer at the start
+of training (``load_pretrained_encoders``), and a trained checkpoint (``MODEL.WEIGHTS``) holds
+everything inference needs.
 """
+import logging
 import math
 
 import torch
@@ -24,14 +34,18 @@ from torch.nn import functional as F
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 
-from .modeling.audio import build_vggish
-from .modeling.backbone import load_visual_weights
-from .modeling.bcsm import BCSM
+from .modeling.audio import VGGish
+from .modeling.bcsm import BCSM, effective_bcsm_mode
 from .modeling.clever import CLEVERDecoder
 from .modeling.criterion import SelMCriterion
-from .modeling.dam import build_dam
+from .modeling.dam import build_dam, dam_writes
 
-__all__ = ["SelM"]
+__all__ = ["SelM", "OUTPUT_FORMATS"]
+
+logger = logging.getLogger(__name__)
+
+# What inference returns per clip (the optional "output_format" key of an input clip dict).
+OUTPUT_FORMATS = ("probs", "labels")
 
 
 def _visual_projection(in_channels, dim):
@@ -52,6 +66,58 @@ class _AudioProjection(nn.Module):
         return self.norm(self.stage(stage_tokens) + self.embedding(embedding))
 
 
+def _plan_fusion(stage_names, dam_mode, dam_stages, read_visual, audio_levels, reads_audio):
+    """Which DAM directions to build and which encoder stages can learn, from what is read.
+
+    Walks the stages from the last to the first: a stage's visual (audio) output is needed when
+    a decoder level reads it, or the next stage needs its input. The last audio stage also
+    feeds the VGGish embedding, which is read whenever audio tokens are.
+
+    Args:
+        stage_names: paired encoder stages, first to last (visual names).
+        dam_mode, dam_stages: MODEL.SELM.DAM.MODE and STAGES.
+        read_visual: visual stages the decoder reads (CLEVER levels + mask level).
+        audio_levels: stages whose audio tokens the decoder reads.
+        reads_audio: whether anything after the encoders reads audio at all.
+    Returns:
+        ({stage: set of DAM directions to build, subset of {"visual", "audio"} (what it
+        writes)}, {stage: (visual stage trains, audio stage trains)}).
+    """
+    build, trains = {}, {}
+    need_v_in = need_a_in = False  # does the next stage need this stage's outputs?
+    for i, stage in reversed(list(enumerate(stage_names))):
+        last = i == len(stage_names) - 1
+        need_v = stage in read_visual or need_v_in
+        need_a = reads_audio and (last or stage in audio_levels) or need_a_in
+        writes = dam_writes(dam_mode) if stage in dam_stages else set()
+        build[stage] = {d for d in writes if (need_v if d == "visual" else need_a)}
+        # Each DAM direction reads the other modality's tokens of this stage.
+        need_v_in = need_v or "audio" in build[stage]
+        need_a_in = need_a or "visual" in build[stage]
+        trains[stage] = (need_v_in, need_a_in)
+    return build, trains
+
+
+def _freeze_unread_stages(backbone, audio_encoder, trains, audio_stage, reads_audio):
+    """Encoder stages (and the VGGish embedding) whose outputs nothing reads cannot learn:
+    they are kept, so pretrained files still load, but frozen and said so."""
+    frozen = []
+    for stage, (visual_trains, audio_trains) in trains.items():
+        if not visual_trains:
+            frozen.append(("visual stage " + stage, backbone.stage_modules(stage)))
+        if not audio_trains:
+            frozen.append(("VGGish " + audio_stage[stage],
+                           audio_encoder.stage_modules(audio_stage[stage])))
+    if not reads_audio:
+        frozen.append(("VGGish embedding", [audio_encoder.embeddings]))
+    for name, modules in frozen:
+        params = [p for m in modules for p in m.parameters() if p.requires_grad]
+        if params:
+            for p in params:
+                p.requires_grad_(False)
+            logger.info("%s feeds nothing this configuration reads: frozen", name)
+
+
 @META_ARCH_REGISTRY.register()
 class SelM(nn.Module):
     """SelM for S4/MS3 (binary) and AVSS (semantic) audio-visual segmentation."""
@@ -69,7 +135,8 @@ class SelM(nn.Module):
             dam: nn.ModuleDict {visual stage name: DAM variant}; stages not in it are not fused.
             visual_proj: nn.ModuleDict {level: 1x1 conv + GN to d} for the CLEVER levels and
                 ``mask_in_feature``.
-            audio_proj: nn.ModuleDict {level: _AudioProjection} for the CLEVER levels.
+            audio_proj: nn.ModuleDict {level: _AudioProjection} for the CLEVER levels; empty
+                when nothing reads audio tokens.
             bcsm: nn.ModuleDict {level: BCSM} for the CLEVER levels.
             clever: CLEVERDecoder.
             criterion: SelMCriterion.
@@ -104,8 +171,7 @@ class SelM(nn.Module):
     def from_config(cls, cfg):
         selm = cfg.MODEL.SELM
         backbone = build_backbone(cfg)
-        load_visual_weights(backbone, selm.VISUAL_WEIGHTS)
-        audio_encoder = build_vggish(cfg)
+        audio_encoder = VGGish(cfg)
         shapes = backbone.output_shape()
         stage_names = list(backbone.stage_names)
         if len(stage_names) != len(audio_encoder.stage_names):
@@ -129,27 +195,37 @@ class SelM(nn.Module):
 
         audio_stage = dict(zip(stage_names, audio_encoder.stage_names))
         audio_channels = {v: audio_encoder.stage_channels[a] for v, a in audio_stage.items()}
+        clever = CLEVERDecoder(cfg, shapes)
+        levels = clever.used_levels
+        bcsm_mode = effective_bcsm_mode(cfg)
+        # Audio tokens are read by CLEVER's audio cross-attention and by BCSM's A2V branch.
+        reads_audio = clever.reads_audio or bcsm_mode in ("a2v", "bidirectional")
+        plan, trains = _plan_fusion(
+            stage_names, selm.DAM.MODE, selm.DAM.STAGES,
+            read_visual=set(levels) | {selm.CLEVER.MASK_IN_FEATURE},
+            audio_levels=set(levels), reads_audio=reads_audio)
+
         dam = nn.ModuleDict()
         for stage in selm.DAM.STAGES:
             module = build_dam(selm.DAM.MODE, shapes[stage].channels, audio_channels[stage],
-                               selm.DAM.DROPOUT)
+                               selm.DAM.DROPOUT, directions=plan[stage])
             if module is not None:
                 dam[stage] = module
+        _freeze_unread_stages(backbone, audio_encoder, trains, audio_stage, reads_audio)
 
-        clever = CLEVERDecoder(cfg, shapes)
-        levels = clever.used_levels
         dim = selm.HIDDEN_DIM
         embedding_dim = selm.AUDIO.FC_DIMS[-1]
         visual_proj = nn.ModuleDict({name: _visual_projection(shapes[name].channels, dim)
                                      for name in levels + [selm.CLEVER.MASK_IN_FEATURE]})
+        audio_proj = nn.ModuleDict({
+            name: _AudioProjection(audio_channels[name], embedding_dim, dim)
+            for name in (levels if reads_audio else [])})
         return {
             "backbone": backbone,
             "audio_encoder": audio_encoder,
             "dam": dam,
             "visual_proj": visual_proj,
-            "audio_proj": nn.ModuleDict({
-                name: _AudioProjection(audio_channels[name], embedding_dim, dim)
-                for name in levels}),
+            "audio_proj": audio_proj,
             "bcsm": nn.ModuleDict({name: BCSM(cfg) for name in levels}),
             "clever": clever,
             "criterion": SelMCriterion(cfg),
@@ -193,7 +269,7 @@ class SelM(nn.Module):
 
         Returns:
             ({stage: visual features [B*T, C, h, w]}, {stage: audio tokens [B, T, C_a]},
-             VGGish embedding [B, T, E]).
+             VGGish embedding [B, T, E] or None when no audio tokens are read).
         """
         x_v = self.backbone.forward_stem(images)
         x_a = audio
@@ -205,6 +281,8 @@ class SelM(nn.Module):
                 x_v, x_a = self.dam[vname](x_v, x_a, num_frames)
             visual[vname] = x_v
             tokens[vname] = x_a.mean(dim=(2, 3)).view(-1, num_frames, x_a.shape[1])
+        if not self.audio_proj:  # nothing reads audio tokens: the embedding is not needed
+            return visual, tokens, None
         embedding = self.audio_encoder.forward_embedding(x_a)
         return visual, tokens, embedding.view(-1, num_frames, embedding.shape[-1])
 
@@ -215,12 +293,13 @@ class SelM(nn.Module):
         feats, audio, selection = {}, {}, {}
         for level, bcsm in self.bcsm.items():
             f = self.visual_proj[level](visual[level]) * frame_mask
-            a = self.audio_proj[level](tokens[level], embedding) * valid[..., None].float()
+            a = (self.audio_proj[level](tokens[level], embedding) * valid[..., None].float()
+                 if self.audio_proj else None)
             f_sel, audio[level], selection[level] = bcsm(f.view(b, t, *f.shape[1:]), a)
             feats[level] = f_sel.flatten(0, 1)
         mask_level = self.mask_in_feature
         mask_feats = self.visual_proj[mask_level](visual[mask_level]) * frame_mask
-        return self.clever(feats, mask_feats, audio, valid), selection
+        return self.clever(feats, mask_feats, audio if self.audio_proj else None, valid), selection
 
     def forward(self, batched_inputs):
         """
@@ -228,11 +307,16 @@ class SelM(nn.Module):
             batched_inputs: list of clip dicts from ``AVSClipDatasetMapper``: "image" uint8
                 [T, 3, H, W] RGB, "audio" [T, 1, 96, 64], "frame_valid" [T] (optional), and
                 for training "sem_seg" [T, H, W] (255 = ignore) and "frame_mask_flags" [T].
+                Optional at inference, to ask for less than full-resolution probabilities:
+                "output_size" (h, w) instead of ("height", "width"), and "output_format"
+                "labels" instead of "probs" (see ``_postprocess``).
         Returns:
             training: dict of scalar losses (see SelMCriterion).
             inference: list, per clip, of {"sem_seg": [T', K+1, height, width] probabilities}
-            (channel 0 = background; T' = real frames) plus "selection_maps" {level: [T', h, w]}
-            when RETURN_SELECTION_MAPS is on.
+            (channel 0 = background; T' = real frames), or with "output_format" "labels"
+            {"sem_seg_labels": [T', h, w] int64 argmax class, "sem_seg_scores": [T', h, w]
+            its probability}; plus "selection_maps" {level: [T', h, w]} when
+            RETURN_SELECTION_MAPS is on.
         """
         images, audio, valid = self._preprocess(batched_inputs)
         if self.training:
@@ -263,23 +347,40 @@ class SelM(nn.Module):
         return targets, (flags.bool() & valid).flatten()
 
     def _postprocess(self, logits, selection, batched_inputs, valid, padded_size):
+        """Per clip: logits [T, C_out, h, w] at stride 4 of the padded frames -> the requested
+        output at ("height", "width"), or at "output_size" when the clip dict gives one.
+
+        "labels" output is resized one frame at a time, so a 10-frame 1280x720 AVSS clip
+        holds one frame's K+1 channels at full size instead of all ten (2.6 GB for 72).
+        """
         num_frames = valid.shape[1]
         height, width = batched_inputs[0]["image"].shape[-2:]
         results = []
         for i, x in enumerate(batched_inputs):
+            output_format = x.get("output_format", "probs")
+            if output_format not in OUTPUT_FORMATS:
+                raise ValueError("clip {}: output_format {!r} is unknown: use one of {}".format(
+                    x.get("clip_id", "?"), output_format, OUTPUT_FORMATS))
+            out_size = tuple(x.get("output_size", (x.get("height", height), x.get("width", width))))
             keep = valid[i]
             clip = logits[i * num_frames:(i + 1) * num_frames][keep]
-            clip = F.interpolate(clip, size=padded_size, mode="bilinear",
-                                 align_corners=False)[..., :height, :width]
-            out_size = (x.get("height", height), x.get("width", width))
-            if out_size != (height, width):
-                clip = F.interpolate(clip, size=out_size, mode="bilinear", align_corners=False)
-            if self.num_classes == 1:
-                fg = clip.sigmoid()
-                probs = torch.cat([1 - fg, fg], dim=1)
+
+            def resize(frames):
+                # detectron2's sem_seg_postprocess: to the padded input, crop, to the output.
+                frames = F.interpolate(frames, size=padded_size, mode="bilinear",
+                                       align_corners=False)[..., :height, :width]
+                if out_size != (height, width):
+                    frames = F.interpolate(frames, size=out_size, mode="bilinear",
+                                           align_corners=False)
+                return frames
+
+            if output_format == "probs":
+                result = {"sem_seg": self._probabilities(resize(clip))}
             else:
-                probs = clip.softmax(dim=1)
-            result = {"sem_seg": probs}
+                scores, labels = zip(*(self._probabilities(resize(frame[None]))[0].max(dim=0)
+                                       for frame in clip))
+                result = {"sem_seg_labels": torch.stack(labels),
+                          "sem_seg_scores": torch.stack(scores)}
             if self.return_selection_maps:
                 result["selection_maps"] = {
                     level: maps[i][keep][:, :math.ceil(height / self.level_strides[level]),
@@ -287,3 +388,10 @@ class SelM(nn.Module):
                     for level, maps in selection.items()}
             results.append(result)
         return results
+
+    def _probabilities(self, logits):
+        """[n, C_out, H, W] logits -> [n, K+1, H, W] class probabilities (0 = background)."""
+        if self.num_classes == 1:
+            fg = logits.sigmoid()
+            return torch.cat([1 - fg, fg], dim=1)
+        return logits.softmax(dim=1)

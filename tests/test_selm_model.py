@@ -10,6 +10,7 @@ from detectron2.utils.events import EventStorage
 
 from selm_d2.config import add_selm_config
 from selm_d2.modeling.audio import VGGish
+from selm_d2.modeling.pretrained import load_pretrained_encoders
 from selm_d2.selm_model import SelM
 
 
@@ -234,13 +235,20 @@ def test_loads_weight_files(tmp_path):
     visual_path = str(tmp_path / "r18.pth")
     torch.save(visual.state_dict(), visual_path)
 
-    model = tiny_model("MODEL.SELM.AUDIO.WEIGHTS", audio_path,
-                       "MODEL.SELM.VISUAL_WEIGHTS", visual_path)
+    opts = ("MODEL.SELM.AUDIO.WEIGHTS", audio_path, "MODEL.SELM.VISUAL_WEIGHTS", visual_path)
+    model = tiny_model(*opts)
+    # Building reads no weight file (a trained checkpoint must be enough for inference) ...
+    assert not torch.equal(model.backbone.res3[0].conv1.weight, visual.res3[0].conv1.weight)
+    # ... the trainer loads them when training starts from scratch.
+    load_pretrained_encoders(model, tiny_cfg(*opts))
     assert torch.equal(model.audio_encoder.features[0].weight, audio.features[0].weight)
     assert torch.equal(model.audio_encoder.embeddings[4].bias, audio.embeddings[4].bias)
     assert torch.equal(model.backbone.res3[0].conv1.weight, visual.res3[0].conv1.weight)
-    with pytest.raises(Exception, match="MODEL.SELM.AUDIO.WEIGHTS"):
-        tiny_model("MODEL.SELM.AUDIO.WEIGHTS", str(tmp_path / "missing.pth"))
+
+    missing = ("MODEL.SELM.AUDIO.WEIGHTS", str(tmp_path / "missing.pth"))
+    model = tiny_model(*missing)  # builds: the file is only needed to start training
+    with pytest.raises(FileNotFoundError, match="MODEL.SELM.AUDIO.WEIGHTS.*convert_pretrained"):
+        load_pretrained_encoders(model, tiny_cfg(*missing))
 
 
 @pytest.mark.parametrize("opts,match", [

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from detectron2.config import get_cfg
-from detectron2.engine import default_argument_parser
 
 from conftest import REPO_ROOT
 from selm_d2 import add_selm_config
@@ -46,7 +45,7 @@ def _cfg(names, output_dir, max_iter):
 
 
 def test_train_resume_and_evaluate(tiny_synth, tmp_path):
-    from train_net import Trainer, main
+    from train_net import Trainer, get_parser, main
 
     trainer = Trainer(_cfg(tiny_synth, tmp_path, max_iter=4))
     trainer.resume_or_load(resume=False)
@@ -65,7 +64,7 @@ def test_train_resume_and_evaluate(tiny_synth, tmp_path):
     assert torch.load(tmp_path / "model_final.pth")["iteration"] == 5
 
     # --eval-only through the script's own main(), with the illusion passes.
-    args = default_argument_parser().parse_args(
+    args = get_parser().parse_args(
         ["--config-file", SYNTH_CONFIG, "--eval-only"] + _opts(tiny_synth, tmp_path, 6)
         + ["MODEL.WEIGHTS", str(tmp_path / "model_final.pth"), "TEST.AVS.ILLUSION", "True"])
     results = main(args)["sem_seg"]

@@ -5,7 +5,7 @@ import torch
 from detectron2.config import get_cfg
 
 from selm_d2.config import add_selm_config
-from selm_d2.modeling.audio import VGGish, build_vggish, load_vggish_weights
+from selm_d2.modeling.audio import VGGish, load_vggish_weights
 
 NARROW = dict(channels=(4, 8, 8, 16), fc_dims=(32, 32, 16))
 
@@ -32,10 +32,9 @@ TORCHVGGISH_LAYOUT = {
 }
 
 
-def audio_cfg(weights="", freeze=True, channels=NARROW["channels"], fc_dims=NARROW["fc_dims"]):
+def audio_cfg(freeze=True, channels=NARROW["channels"], fc_dims=NARROW["fc_dims"]):
     cfg = get_cfg()
     add_selm_config(cfg)
-    cfg.MODEL.SELM.AUDIO.WEIGHTS = weights
     cfg.MODEL.SELM.AUDIO.FREEZE = freeze
     cfg.MODEL.SELM.AUDIO.CHANNELS = list(channels)
     cfg.MODEL.SELM.AUDIO.FC_DIMS = list(fc_dims)
@@ -80,7 +79,8 @@ def test_torchvggish_file_roundtrip(tmp_path):
     torch.save(source.state_dict(), path)  # torchvggish ships a bare state dict
 
     torch.manual_seed(1)
-    model = build_vggish(audio_cfg(weights=path))
+    model = VGGish(audio_cfg())
+    load_vggish_weights(model, path)
     for name, value in source.state_dict().items():
         assert torch.equal(model.state_dict()[name], value), name
     x = torch.randn(3, 1, 96, 64)
@@ -92,7 +92,7 @@ def test_weight_file_errors(tmp_path):
     model = VGGish(**NARROW)
     missing = str(tmp_path / "vggish-missing.pth")
     with pytest.raises(FileNotFoundError, match="MODEL.SELM.AUDIO.WEIGHTS") as e:
-        build_vggish(audio_cfg(weights=missing))
+        load_vggish_weights(model, missing)
     assert missing in str(e.value)
 
     other_widths = str(tmp_path / "other.pth")
@@ -113,7 +113,7 @@ def test_weight_file_errors(tmp_path):
 
 def test_frozen_vggish_passes_gradients_but_trains_nothing():
     torch.manual_seed(0)
-    model = build_vggish(audio_cfg(freeze=True))
+    model = VGGish(audio_cfg(freeze=True))
     assert not any(p.requires_grad for p in model.parameters())
     parent = torch.nn.ModuleDict({"audio": model}).train()
     assert parent.training and not model.training
@@ -131,7 +131,7 @@ def test_frozen_vggish_passes_gradients_but_trains_nothing():
 
 
 def test_unfrozen_vggish_trains():
-    model = build_vggish(audio_cfg(freeze=False)).train()
+    model = VGGish(audio_cfg(freeze=False)).train()
     assert model.training and all(p.requires_grad for p in model.parameters())
     model(torch.randn(2, 1, 96, 64)).square().sum().backward()
     assert all(p.grad is not None for p in model.parameters())

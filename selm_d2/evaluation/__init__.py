@@ -1,5 +1,5 @@
 """AVSBench evaluation: metric functions and the detectron2 dataset evaluator."""
-from .avs_evaluator import AVSEvaluator
+from .avs_evaluator import AVSEvaluator, model_output_request
 from .metrics import (
     avss_frame_class_scores,
     avss_scores,
@@ -19,4 +19,5 @@ __all__ = [
     "binary_scores_batch_protocol",
     "binary_scores_dataset_level",
     "foreground_rate",
+    "model_output_request",
 ]

@@ -29,9 +29,21 @@ from .metrics import (
     foreground_rate,
 )
 
-__all__ = ["AVSEvaluator"]
+__all__ = ["AVSEvaluator", "model_output_request"]
 
 EVALUATOR_TYPES = ("avs_binary", "avss")
+
+
+def model_output_request(evaluator_type, eval_size):
+    """What AVSEvaluator scores, as keys for each input clip dict of the model (see
+    ``SelM.forward``): predictions at ``eval_size`` when it is set, and per-pixel labels
+    instead of K+1 probability maps for AVSS (binary M_F needs the probabilities)."""
+    request = {}
+    if eval_size:
+        request["output_size"] = (eval_size, eval_size)
+    if evaluator_type == "avss":
+        request["output_format"] = "labels"
+    return request
 
 
 class AVSEvaluator(DatasetEvaluator):
@@ -40,8 +52,9 @@ class AVSEvaluator(DatasetEvaluator):
     The dataset's metadata must set ``evaluator_type`` to "avs_binary" (S4/MS3: M_J and M_F)
     or "avss" (AVSBench-Semantic: mIoU and F over K+1 classes); ``ignore_label`` (255) marks
     frames without ground truth. Ground truth is read from the mask files of each input at
-    the original frame size; predictions are ``outputs[i]["sem_seg"]``, [T, K+1, H0, W0]
-    probabilities at that size.
+    the original frame size; predictions are ``outputs[i]["sem_seg"]``, [T, K+1, H, W]
+    probabilities, or for AVSS ``outputs[i]["sem_seg_labels"]`` [T, H, W] class indices, at the
+    original size or already at ``eval_size`` (what ``model_output_request`` asks for).
 
     Only compact statistics are kept per clip (per-frame IoU, F curves or per-class sums), in
     the order clips are processed. detectron2's InferenceSampler gives each rank a contiguous
@@ -110,6 +123,9 @@ class AVSEvaluator(DatasetEvaluator):
         self._prefix = prefix.strip("/")
         self._ignore_label = int(meta.get("ignore_label", 255))
         self._class_names = meta.get("stuff_classes", None)
+        if self._evaluator_type == "avss" and not self._class_names:
+            raise ValueError("AVSS dataset '{}' has no stuff_classes in its Metadata (background "
+                             "first); register_avs_dataset sets them".format(dataset_name))
         self._clips: List[Dict] = []
 
     @classmethod
@@ -133,54 +149,65 @@ class AVSEvaluator(DatasetEvaluator):
 
     # ------------------------------------------------------------------ per clip
     def _load_pair(self, inp, out):
-        """Probabilities [T, C, H, W] float and ground truth [T, H, W] long, on one device."""
+        """Prediction and ground truth [T, H, W] long, on one device, at the scored size.
+
+        The prediction is the sounding probability [T, 1, H, W] (binary), or the class index
+        [T, H, W] long (AVSS; from labels, or the argmax of probabilities).
+        """
         clip = inp.get("clip_id", "?")
-        if "sem_seg" not in out:
-            raise KeyError("model output for clip '{}' has no 'sem_seg' entry".format(clip))
-        probs = out["sem_seg"]
+        labelled = "sem_seg_labels" in out and self._evaluator_type == "avss"
+        if not labelled and "sem_seg" not in out:
+            raise KeyError("model output for clip '{}' has no 'sem_seg' entry{}".format(
+                clip, " (nor 'sem_seg_labels')" if self._evaluator_type == "avss" else ""))
+        pred = out["sem_seg_labels"][:, None] if labelled else out["sem_seg"]
         gt = torch.as_tensor(read_clip_masks(inp, ignore_label=self._ignore_label))
-        if probs.dim() != 4 or probs.shape[0] != gt.shape[0] or probs.shape[2:] != gt.shape[1:]:
+        size = (self._eval_size, self._eval_size) if self._eval_size else tuple(gt.shape[1:])
+        if pred.dim() != 4 or pred.shape[0] != gt.shape[0] or (
+                tuple(pred.shape[2:]) not in (size, tuple(gt.shape[1:]))):
             raise ValueError(
-                "clip '{}': prediction 'sem_seg' has shape {} but its masks ({}) give {}; the "
-                "model must return [T, K+1, height, width] for the T real frames at the "
-                "original size"
-                .format(clip, tuple(probs.shape), inp.get("sem_seg_file_names"), tuple(gt.shape)))
+                "clip '{}': prediction has shape {} but its masks ({}) give {}; the model must "
+                "return [T, K+1, height, width] for the T real frames at the original size{}"
+                .format(clip, tuple(pred.shape), inp.get("sem_seg_file_names"), tuple(gt.shape),
+                        " or at TEST.AVS.EVAL_SIZE" if self._eval_size else ""))
+        channels = len(self._class_names) if labelled else pred.shape[1]
         if self._evaluator_type == "avs_binary":
-            if probs.shape[1] != 2:
+            if channels != 2:
                 raise ValueError("clip '{}': a binary dataset needs 2 channels (background, "
-                                 "sounding), got {}".format(clip, probs.shape[1]))
-            probs = probs[:, 1:]  # only the sounding probability is scored
-        elif self._class_names is not None and probs.shape[1] != len(self._class_names):
+                                 "sounding), got {}".format(clip, channels))
+            pred = pred[:, 1:].float()  # only the sounding probability is scored
+        elif channels != len(self._class_names):
             raise ValueError(
                 "clip '{}': prediction has {} channels but dataset '{}' lists {} classes "
                 "(stuff_classes): check MODEL.SELM.NUM_CLASSES".format(
-                    clip, probs.shape[1], self._dataset_name, len(self._class_names)))
-        probs = probs.float()
-        gt = gt.to(device=probs.device, dtype=torch.long)
-        if self._eval_size:
-            size = (self._eval_size, self._eval_size)
-            probs = F.interpolate(probs, size=size, mode="bilinear", align_corners=False)
+                    clip, channels, self._dataset_name, len(self._class_names)))
+        gt = gt.to(device=pred.device, dtype=torch.long)
+        if tuple(pred.shape[2:]) != size:
+            mode = "nearest-exact" if labelled else "bilinear"
+            pred = F.interpolate(pred.float(), size=size, mode=mode,
+                                 **({} if labelled else {"align_corners": False}))
+        if tuple(gt.shape[1:]) != size:
             # "nearest-exact" samples pixel centres like PIL's NEAREST used by AVSBench.
             gt = F.interpolate(gt[:, None].float(), size=size, mode="nearest-exact")[:, 0].long()
-        return probs, gt
+        if self._evaluator_type == "avss":
+            pred = pred[:, 0].long() if labelled else pred.argmax(1)
+        return pred, gt
 
     def _clip_statistics(self, inp, out) -> Dict:
-        probs, gt = self._load_pair(inp, out)
+        pred, gt = self._load_pair(inp, out)
         annotated = (gt != self._ignore_label).flatten(1).any(1)
-        probs, gt = probs[annotated], gt[annotated]
+        pred, gt = pred[annotated], gt[annotated]
         sounding = ((gt != 0) & (gt != self._ignore_label)).flatten(1).any(1)
         stats = {"silent": bool(annotated.any()) and not bool(sounding.any())}
         if self._evaluator_type == "avs_binary":
-            prob = probs[:, 0]
+            prob = pred[:, 0]
             stats["iou"] = binary_frame_iou(prob, gt, self._ignore_label).cpu().numpy()
             # Frames with empty ground truth have no F-measure (official: skipped).
             stats["f_curves"] = binary_frame_f_curves(
                 prob[sounding], gt[sounding], self._ignore_label).cpu().numpy()
             pred_fg = prob > 0.5
         else:
-            pred = probs.argmax(1)
             iou, fscore, present = avss_frame_class_scores(
-                pred, gt, probs.shape[1], self._ignore_label)
+                pred, gt, len(self._class_names), self._ignore_label)
             sums = torch.stack([iou.sum(0), fscore.sum(0), present.sum(0).double()])
             if self._count_padded:
                 # Padding (frame_valid False, dropped from the output) and unannotated frames:
@@ -222,11 +249,10 @@ class AVSEvaluator(DatasetEvaluator):
             iou_sum, f_sum, count = np.sum([c["class_sums"] for c in clips], axis=0)
             scores = avss_scores(iou_sum, f_sum, count)
             metrics = OrderedDict((k, scores[k]) for k in ("mIoU", "F", "mIoU_noBg", "F_noBg"))
-            names = self._class_names or [str(i) for i in range(len(iou_sum))]
             per_class = OrderedDict(
                 (name, {"IoU": 100 * float(i), "F": 100 * float(f), "num_frames": int(n)})
                 for name, i, f, n in zip(
-                    names, scores["per_class_iou"], scores["per_class_f"], count))
+                    self._class_names, scores["per_class_iou"], scores["per_class_f"], count))
         metrics["fg_rate"] = _mean_of([c["fg_rate"] for c in clips])
         silent = [c["fg_rate"] for c in clips if c["silent"]]
         if silent:

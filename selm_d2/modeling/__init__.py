@@ -1,5 +1,5 @@
 """SelM's modules. Importing this package registers the staged visual backbones."""
-from .audio import VGGish, build_vggish, load_vggish_weights
+from .audio import VGGish, load_vggish_weights
 from .backbone import StagedPVTv2, StagedResNet, load_visual_weights
 from .bcsm import BCSM, BCSM_MODES
 from .clever import CLEVERDecoder

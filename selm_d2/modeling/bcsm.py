@@ -22,6 +22,8 @@ Choices where the paper is silent:
   trailing, so they cannot change real frames' weights.
 - Modes (paper Table 7): ``bidirectional`` (both), ``a2v`` (select visual only),
   ``v2a`` (select audio only), ``off`` (identity; no selection map).
+- T^s feeds only CLEVER's audio cross-attention: with ``CLEVER.AUDIO_CROSS_ATTN`` off the
+  V2A branch is not built (``effective_bcsm_mode``).
 """
 import math
 
@@ -33,9 +35,17 @@ from detectron2.config import configurable
 
 from .mamba import MambaBlock
 
-__all__ = ["BCSM", "BCSM_MODES"]
+__all__ = ["BCSM", "BCSM_MODES", "effective_bcsm_mode"]
 
 BCSM_MODES = ("off", "a2v", "v2a", "bidirectional")
+
+
+def effective_bcsm_mode(cfg):
+    """MODEL.SELM.BCSM.MODE without the V2A branch when CLEVER does not read audio."""
+    mode = cfg.MODEL.SELM.BCSM.MODE
+    if not cfg.MODEL.SELM.CLEVER.AUDIO_CROSS_ATTN:
+        return {"bidirectional": "a2v", "v2a": "off"}.get(mode, mode)
+    return mode
 
 
 def _mamba_stack(dim, num_blocks, mamba_kwargs):
@@ -110,7 +120,7 @@ class BCSM(nn.Module):
         mamba = cfg.MODEL.SELM.MAMBA
         return {
             "dim": cfg.MODEL.SELM.HIDDEN_DIM,
-            "mode": cfg.MODEL.SELM.BCSM.MODE,
+            "mode": effective_bcsm_mode(cfg),
             "num_blocks": cfg.MODEL.SELM.BCSM.NUM_BLOCKS,
             "pool_size": cfg.MODEL.SELM.BCSM.POOL_SIZE,
             "mamba_kwargs": {"d_state": mamba.D_STATE, "d_conv": mamba.D_CONV,

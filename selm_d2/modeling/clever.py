@@ -217,6 +217,11 @@ class CLEVERDecoder(nn.Module):
         }
 
     @property
+    def reads_audio(self):
+        """Whether forward() reads the selected audio tokens (audio cross-attention)."""
+        return any(layer.audio_attn is not None for layer in self.layers)
+
+    @property
     def used_levels(self):
         """The levels whose selected features and audio tokens forward() reads."""
         return sorted(set(self.layer_levels))
@@ -230,7 +235,7 @@ class CLEVERDecoder(nn.Module):
         Args:
             feats: {level: F^s [N, d, h, w]} for ``used_levels``, N = B*T (frame-major per clip).
             mask_feats: [N, d, H/4, W/4] projected MASK_IN_FEATURE features.
-            audio: {level: T^s [B, T, d]} for ``used_levels``.
+            audio: {level: T^s [B, T, d]} for ``used_levels``; None when not ``reads_audio``.
             frame_valid: [B, T] bool, False = padding frame.
         Returns:
             {"pred_masks": [N, C_out, H/4, W/4],
@@ -253,7 +258,8 @@ class CLEVERDecoder(nn.Module):
             else:
                 mixed = self.level_mix[i - 1](mixed, maps, feats[level])
             h, w = mixed.shape[-2:]
-            tokens = audio[level].repeat_interleave(num_frames, dim=0)  # [N, T, d]
+            tokens = (audio[level].repeat_interleave(num_frames, dim=0)  # [N, T, d]
+                      if self.reads_audio else None)
             video_pos = sine_encoding_2d(h, w, self.hidden_dim, device)[None]
             queries = layer(queries, query_pos, tokens, temporal[None], padding,
                             mixed.flatten(2).transpose(1, 2), video_pos)

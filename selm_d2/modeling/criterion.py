@@ -68,6 +68,12 @@ class SelMCriterion(nn.Module):
             ignore_value: ground-truth value of ignored pixels.
         """
         super().__init__()
+        final = (dice_weight, bce_weight) if num_classes == 1 else (ce_weight,)
+        if not any(final):
+            raise ValueError(
+                "MODEL.SELM.LOSS: every loss on the final masks has weight 0 ({}), so the mask "
+                "head would never learn; keep at least one of them".format(
+                    "DICE_WEIGHT, BCE_WEIGHT" if num_classes == 1 else "CE_WEIGHT"))
         self.binary = num_classes == 1
         self.dice_weight = dice_weight
         self.bce_weight = bce_weight

@@ -24,13 +24,11 @@ Variants (paper Tables 4 and 6), selected by :func:`build_dam` from ``MODEL.SELM
 ``add``, ``concat`` (late-style fusion baselines applied per stage), ``a2v`` (A2VBlock only),
 ``v2a`` (V2ABlock only), ``dual`` (both, the paper's DAM); ``none`` builds nothing.
 """
-import functools
-
 import torch
 from torch import nn
 
 __all__ = ["A2VBlock", "V2ABlock", "DualAlignmentModule", "AddFusion", "ConcatFusion",
-           "build_dam", "DAM_MODES"]
+           "build_dam", "dam_writes", "DAM_MODES"]
 
 
 def _tokens(x, num_frames):
@@ -152,24 +150,38 @@ class ConcatFusion(nn.Module):
         return x_v + fused, x_a
 
 
-_BUILDERS = {
-    "add": AddFusion,
-    "concat": ConcatFusion,
-    "a2v": functools.partial(DualAlignmentModule, a2v=True, v2a=False),
-    "v2a": functools.partial(DualAlignmentModule, a2v=False, v2a=True),
-    "dual": functools.partial(DualAlignmentModule, a2v=True, v2a=True),
-}
-DAM_MODES = ("none",) + tuple(_BUILDERS)
+_FUSIONS = {"add": AddFusion, "concat": ConcatFusion}
+# What each mode re-weights: "visual" (A2V-style, conditioned on audio) and/or "audio" (V2A).
+_WRITES = {"none": (), "add": ("visual",), "concat": ("visual",), "a2v": ("visual",),
+           "v2a": ("audio",), "dual": ("visual", "audio")}
+DAM_MODES = tuple(_WRITES)
 
 
-def build_dam(mode, visual_channels, audio_channels, dropout):
-    """Builds the DAM variant for one stage pair, or returns None for mode "none".
+def dam_writes(mode):
+    """The modalities DAM mode ``mode`` re-weights, a subset of {"visual", "audio"}.
 
-    Every variant has ``forward(x_v, x_a, num_frames) -> (x_v, x_a)`` with unchanged shapes.
+    Each direction reads the *other* modality's tokens.
     """
-    if mode == "none":
-        return None
-    if mode not in _BUILDERS:
+    if mode not in _WRITES:
         raise ValueError("MODEL.SELM.DAM.MODE={!r} is unknown: use one of {}".format(
             mode, ", ".join(DAM_MODES)))
-    return _BUILDERS[mode](visual_channels, audio_channels, dropout)
+    return set(_WRITES[mode])
+
+
+def build_dam(mode, visual_channels, audio_channels, dropout, directions=None):
+    """Builds the DAM variant for one stage pair, or returns None when it would do nothing.
+
+    Args:
+        mode: one of ``DAM_MODES``.
+        directions: the subset of ``dam_writes(mode)`` to build (default: all). SelM leaves
+            out a direction whose output nothing downstream reads.
+    Every variant has ``forward(x_v, x_a, num_frames) -> (x_v, x_a)`` with unchanged shapes.
+    """
+    writes = dam_writes(mode)
+    directions = writes if directions is None else writes & set(directions)
+    if not directions:
+        return None
+    if mode in _FUSIONS:
+        return _FUSIONS[mode](visual_channels, audio_channels, dropout)
+    return DualAlignmentModule(visual_channels, audio_channels, dropout,
+                               a2v="visual" in directions, v2a="audio" in directions)

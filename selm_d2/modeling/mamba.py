@@ -10,12 +10,15 @@ A is discretised as exp(delta * A) but B as delta * B (Euler, not full ZOH).
 """
 import collections
 import functools
+import logging
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
+
+from detectron2.utils.logger import log_first_n
 
 __all__ = ["Mamba", "MambaBlock", "selective_scan", "selective_scan_ref"]
 
@@ -111,11 +114,22 @@ class Mamba(nn.Module):
 
     def _cuda_kernels(self, hidden_states):
         """mamba-ssm's kernels when this call should use them, else None (PyTorch scan)."""
-        if self.impl == "torch" or (self.impl == "auto" and not hidden_states.is_cuda):
+        if self.impl == "torch":
+            return None
+        if self.impl == "auto" and not hidden_states.is_cuda:
+            log_first_n(logging.INFO, "MODEL.SELM.MAMBA.IMPL auto: the input is on {}, so BCSM's "
+                        "Mamba blocks run the PyTorch selective scan".format(hidden_states.device),
+                        n=1, key="caller")
             return None
         kernels = _load_cuda_kernels()
         if self.impl == "auto":
-            return kernels if kernels.error is None else None
+            if kernels.error is not None:
+                log_first_n(logging.WARNING, "MODEL.SELM.MAMBA.IMPL auto: mamba-ssm is not usable "
+                            "({}: {}), so BCSM's Mamba blocks run the slower PyTorch selective "
+                            "scan on CUDA; `pip install -e .[mamba]` for the CUDA kernels".format(
+                                type(kernels.error).__name__, kernels.error), n=1, key="caller")
+                return None
+            return kernels
         if kernels.error is not None:
             raise RuntimeError(_INSTALL_HINT.format(
                 "importing mamba_ssm failed ({}: {})".format(type(kernels.error).__name__,

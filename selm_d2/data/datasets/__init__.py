@@ -6,6 +6,7 @@ from .avsbench import S4_CATEGORIES, MS3Layout, S4Layout
 from .avss import AVSS_CLASSES, AVSSLayout, read_label2idx
 from .manifest import ManifestLayout
 from .register import LAYOUTS, build_layout, load_avs_clips, register_avs_dataset
+from .spec import parse_dataset_spec, register_dataset_specs
 
 __all__ = [
     "AVSS_CLASSES",
@@ -17,6 +18,8 @@ __all__ = [
     "S4_CATEGORIES",
     "build_layout",
     "load_avs_clips",
+    "parse_dataset_spec",
     "read_label2idx",
     "register_avs_dataset",
+    "register_dataset_specs",
 ]

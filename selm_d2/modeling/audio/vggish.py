@@ -11,7 +11,7 @@ from detectron2.config import configurable
 
 from ..backbone.weights import load_checked_state_dict, read_weights_file
 
-__all__ = ["VGGish", "build_vggish", "load_vggish_weights"]
+__all__ = ["VGGish", "load_vggish_weights"]
 
 # Index ranges of each conv block in ``features`` (conv, ReLU, ..., max-pool).
 _STAGE_SLICES = {"conv1": (0, 3), "conv2": (3, 6), "conv3": (6, 11), "conv4": (11, 16)}
@@ -98,6 +98,11 @@ class VGGish(nn.Module):
             x = self.features[index](x)
         return x
 
+    def stage_modules(self, name):
+        """The layers of conv block ``name``."""
+        start, end = _STAGE_SLICES[name]
+        return list(self.features[start:end])
+
     def forward_embedding(self, x):
         """[N, C4, 6, 4] conv4 output -> [N, fc_dims[-1]] embedding."""
         if tuple(x.shape[-2:]) != _EMBEDDING_GRID:
@@ -130,11 +135,3 @@ def load_vggish_weights(model: VGGish, path: str):
         "MODEL.SELM.AUDIO.CHANNELS [64, 128, 256, 512] and FC_DIMS [4096, 4096, 128].",
         require_all=True,
     )
-
-
-def build_vggish(cfg) -> VGGish:
-    """VGGish from ``cfg.MODEL.SELM.AUDIO``, with ``AUDIO.WEIGHTS`` loaded when set."""
-    model = VGGish(cfg)
-    if cfg.MODEL.SELM.AUDIO.WEIGHTS:
-        load_vggish_weights(model, cfg.MODEL.SELM.AUDIO.WEIGHTS)
-    return model

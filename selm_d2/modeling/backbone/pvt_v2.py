@@ -128,6 +128,11 @@ class StagedPVTv2(Backbone):
             x = self.patch_embed(x)
         return self.stages[index](x)
 
+    def stage_modules(self, name):
+        """The modules of stage ``name``; res2 includes the first patch embedding."""
+        index = self.stage_names.index(name)
+        return [self.patch_embed, self.stages[0]] if index == 0 else [self.stages[index]]
+
     def forward(self, x):
         """
         Args:

@@ -151,6 +151,10 @@ class StagedResNet(ResNet):
             )
         return getattr(self, name)(x)
 
+    def stage_modules(self, name):
+        """The modules of stage ``name`` (to freeze a stage whose output nothing reads)."""
+        return [getattr(self, name)]
+
     def load_pretrained(self, path):
         """
         Load ImageNet weights from ``path`` (``MODEL.SELM.VISUAL_WEIGHTS``): a torchvision

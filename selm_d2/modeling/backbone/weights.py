@@ -66,10 +66,11 @@ def read_weights_file(path: str, config_key: str) -> Dict[str, torch.Tensor]:
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(
-            "Pretrained weight file {} (config key {}) does not exist. Set {} to an existing "
-            "file, or to \"\" to train this encoder from scratch.".format(
-                path, config_key, config_key
-            )
+            "Pretrained weight file {} (config key {}) does not exist. It only initialises "
+            "training; either put the file there, or convert it once with "
+            "`python tools/convert_pretrained.py` and start from MODEL.WEIGHTS <converted .pth> "
+            "(then {} is not read), or set {} to \"\" to train this encoder from "
+            "scratch.".format(path, config_key, config_key, config_key)
         )
     try:
         data = _read_detectron2_pkl(path) if path.endswith(".pkl") else _read_torch_file(path)

@@ -213,12 +213,15 @@ def create_ddp_model(model):
     """DistributedDataParallel when there are several processes, on CUDA (NCCL) or CPU (gloo).
 
     SelM builds only modules whose outputs reach the loss, so no find_unused_parameters.
-    Buffers are not broadcast, as in detectron2's DefaultTrainer.
+    Unlike detectron2's DefaultTrainer, buffers are broadcast from rank 0 (DDP's default): with
+    BatchNorm (the AVS-Synth configs) each rank would otherwise keep running statistics of its
+    own batches, and evaluation during training would score every rank's clips with other
+    statistics than those of the checkpoint that rank 0 saves.
     """
     if comm.get_world_size() == 1:
         return model
     device_ids = [comm.get_local_rank()] if next(model.parameters()).is_cuda else None
-    return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+    return DistributedDataParallel(model, device_ids=device_ids)
 
 
 def _unwrap(model):

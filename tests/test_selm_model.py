@@ -136,12 +136,20 @@ def test_ablation_switches_train(key, value):
     model = tiny_model(key, value)
     losses, total = train_losses(model, [make_clip(t=3, h=32, w=40)])
     assert torch.isfinite(total) and total > 0
+    # Only modules whose outputs are read are built, so DDP needs no find_unused_parameters.
+    unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not unused, unused
     if key == "MODEL.SELM.DAM.MODE" and value == "none":
         assert len(model.dam) == 0
     if key == "MODEL.SELM.DAM.STAGES":
         assert sorted(model.dam) == ["res4", "res5"]
     if key == "MODEL.SELM.CLEVER.CROSS_LEVEL":
         assert sorted(model.bcsm) == ["res3"]
+        # res5's visual output feeds nothing; its audio output still feeds the embedding.
+        assert model.dam["res5"].a2v is None and model.dam["res5"].v2a is not None
+    if key == "MODEL.SELM.CLEVER.AUDIO_CROSS_ATTN":
+        # T^s feeds only the audio cross-attention: BCSM keeps its A2V branch alone.
+        assert all(b.v2a is None and b.a2v is not None for b in model.bcsm.values())
     if key.startswith("MODEL.SELM.LOSS"):
         dropped = {"DICE_WEIGHT": ["loss_dice"], "BCE_WEIGHT": ["loss_bce"],
                    "AUX_WEIGHTS": ["loss_aux_0", "loss_aux_1", "loss_aux_2"]}[key.split(".")[-1]]
@@ -251,9 +259,36 @@ def test_loads_weight_files(tmp_path):
         load_pretrained_encoders(model, tiny_cfg(*missing))
 
 
+def test_nothing_reading_audio_freezes_what_only_feeds_it():
+    # No audio cross-attention and no A2V selection: audio tokens reach nothing, so neither the
+    # projections nor the last DAM V2A are built, and the VGGish embedding is frozen.
+    model = tiny_model("MODEL.SELM.CLEVER.AUDIO_CROSS_ATTN", False, "MODEL.SELM.BCSM.MODE", "v2a")
+    assert len(model.audio_proj) == 0 and model.dam["res5"].v2a is None
+    assert not any(p.requires_grad for p in model.audio_encoder.embeddings.parameters())
+    train_losses(model, [make_clip(t=3, h=32, w=40)])
+    assert not [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+
+
+def test_inference_outputs_on_request():
+    """Full-size probabilities by default; a smaller size, or per-pixel labels, on request."""
+    model = tiny_model("MODEL.SELM.NUM_CLASSES", 3).eval()
+    clip = make_clip(t=3, h=32, w=40, num_classes=3, orig=(61, 77))
+    with torch.no_grad():
+        full = model([clip])[0]["sem_seg"]
+        small = model([dict(clip, output_size=(20, 30))])[0]["sem_seg"]
+        labels = model([dict(clip, output_format="labels")])[0]
+    assert full.shape == (3, 4, 61, 77) and small.shape == (3, 4, 20, 30)
+    assert torch.allclose(full.sum(1), torch.ones(3, 61, 77), atol=1e-5)
+    assert torch.equal(labels["sem_seg_labels"], full.argmax(1))
+    assert torch.allclose(labels["sem_seg_scores"], full.max(1).values, atol=1e-6)
+    with pytest.raises(ValueError, match="output_format 'mask' is unknown"):
+        model([dict(clip, output_format="mask")])
+
+
 @pytest.mark.parametrize("opts,match", [
     (("MODEL.SELM.BCSM.MODE", "v2a", "MODEL.SELM.RETURN_SELECTION_MAPS", True),
      "RETURN_SELECTION_MAPS"),
+    (("MODEL.SELM.LOSS.DICE_WEIGHT", 0.0, "MODEL.SELM.LOSS.BCE_WEIGHT", 0.0), "final masks"),
     (("MODEL.RESNETS.OUT_FEATURES", ["res2", "res3", "res4"]), "OUT_FEATURES"),
     (("MODEL.SELM.DAM.STAGES", ["res6"]), "DAM.STAGES"),
     (("MODEL.SELM.LOSS.AUX_WEIGHTS", [0.1, 0.1]), "AUX_WEIGHTS"),

@@ -269,6 +269,18 @@ def test_nothing_reading_audio_freezes_what_only_feeds_it():
     assert not [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
 
 
+def test_trains_and_infers_under_autocast():
+    """AMP readiness (SOLVER.AMP.ENABLED on GPUs), checked with CPU bfloat16 autocast."""
+    model = tiny_model()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses, total = train_losses(model, [make_clip(t=3, h=32, w=40)])
+    assert torch.isfinite(total)
+    assert not [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        probs = model.eval()([make_clip(t=3, h=32, w=40)])[0]["sem_seg"]
+    assert torch.isfinite(probs.float()).all()
+
+
 def test_inference_outputs_on_request():
     """Full-size probabilities by default; a smaller size, or per-pixel labels, on request."""
     model = tiny_model("MODEL.SELM.NUM_CLASSES", 3).eval()

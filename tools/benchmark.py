@@ -13,11 +13,16 @@ and ``scaling.png`` (latency vs frames per clip) into ``--output-dir``. Sections
 - train: one training step (forward + backward + AdamW) of SelM-R50 and of the AVS-Synth model;
 - scan: BCSM's selective scan, vectorised vs step-by-step, fwd + bwd (and mamba-ssm on CUDA);
 - data: clip loading throughput (5 frames 224², wav decoding + log-mel) with 0, 1, 2 workers;
-- flops: parameters and FLOPs (torch's FlopCounterMode) of the paper configs.
+- flops: parameters and FLOPs (torch's FlopCounterMode) of the paper configs;
+- avss_memory: peak memory above the model's own footprint of one 10-frame 1280x720 clip
+  through the R50 AVSS config in eval, for each output a caller can ask for (full-size
+  probabilities, per-pixel labels, the evaluator's request at TEST.AVS.EVAL_SIZE), each in a
+  fresh process.
 Peak memory: CUDA max allocated on GPU; on CPU the process's peak RSS after each section.
 """
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import resource
@@ -38,8 +43,15 @@ from selm_d2.modeling.mamba import selective_scan, selective_scan_ref  # noqa: E
 
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 PAPER_CONFIGS = {"R50": "configs/ms3/selm_R50.yaml", "PVT-v2-b5": "configs/ms3/selm_pvt_v2_b5.yaml"}
+AVSS_CONFIG = "configs/avss/selm_R50.yaml"
 SYNTH_CONFIG = "configs/synth/ms3.yaml"
-SECTIONS = ("latency", "scaling", "train", "scan", "data", "flops")
+SECTIONS = ("latency", "scaling", "train", "scan", "data", "flops", "avss_memory")
+# What a caller can ask SelM to return (keys of the input clip dict), for avss_memory.
+AVSS_OUTPUT_REQUESTS = {
+    "probabilities at 1280x720 (default)": {},
+    "labels at 1280x720 (demo)": {"output_format": "labels"},
+    "evaluator at EVAL_SIZE 224": None,  # filled from the evaluator itself
+}
 
 
 def load_cfg(path, device, opts=()):
@@ -233,6 +245,56 @@ def bench_flops(device):
     return rows
 
 
+def _proc_status_mb(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError("no {} in /proc/self/status".format(field))
+
+
+def _avss_clip_peak(device, request):
+    """In a fresh process: (model footprint MB, peak MB above it) of one eval pass."""
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    cfg = load_cfg(AVSS_CONFIG, device)
+    model = build_model(cfg).eval()
+    clip = dict(clip_input(10, cfg.INPUT.AVS.SIZE), height=720, width=1280, **request)
+    if device == "cuda":
+        torch.cuda.synchronize()
+        footprint = torch.cuda.memory_allocated() / 2**20
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        footprint = _proc_status_mb("VmRSS")
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset the peak RSS (VmHWM) to the current RSS
+    with torch.no_grad():
+        model([clip])
+    if device == "cuda":
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak = _proc_status_mb("VmHWM")
+    return footprint, peak - footprint
+
+
+def bench_avss_memory(device):
+    """Peak memory of one 10-frame 1280x720 AVSS clip (R50, 71 classes) per output request."""
+    from selm_d2.evaluation import model_output_request
+
+    eval_size = load_cfg(AVSS_CONFIG, device).TEST.AVS.EVAL_SIZE
+    requests = dict(AVSS_OUTPUT_REQUESTS)
+    requests["evaluator at EVAL_SIZE 224"] = model_output_request("avss", eval_size)
+    rows = []
+    # spawn: each measurement starts from a process that has never held a clip.
+    context = multiprocessing.get_context("spawn")
+    for name, request in tqdm.tqdm(requests.items(), desc="avss memory", leave=False):
+        with context.Pool(1) as pool:
+            footprint, above = pool.apply(_avss_clip_peak, (device, request))
+        rows.append({"output": name, "request": request, "model_footprint_mb": footprint,
+                     "peak_above_model_mb": above})
+    return rows
+
+
 def machine_info(device):
     info = {"device": device, "torch": torch.__version__, "python": platform.python_version(),
             "cpu": platform.processor() or platform.machine(), "cpu_threads": torch.get_num_threads()}
@@ -282,6 +344,13 @@ def markdown(report):
                   "|---|---|---|---|"]
         for r in report["flops"]:
             lines.append("| {backbone} | {params_M:.1f} | {backbone_params_M:.1f} | {gflops_per_clip:.1f} |".format(**r))
+        lines.append("")
+    if "avss_memory" in report:
+        lines += ["| one AVSS clip, 10 × 1280×720, R50, 71 classes, eval | model footprint (MB) | "
+                  "peak above it (MB) |", "|---|---|---|"]
+        for r in report["avss_memory"]:
+            lines.append("| {output} | {model_footprint_mb:.0f} | {peak_above_model_mb:.0f} |"
+                         .format(**r))
         lines.append("")
     if "peak_memory_mb" in report:
         lines.append("Peak memory ({}): ".format("CUDA allocated" if m["device"] == "cuda" else "process RSS")
@@ -333,6 +402,7 @@ def main(argv=None):
         "scan": lambda: bench_scan(args.device, args.repeats),
         "data": bench_data,
         "flops": lambda: bench_flops(args.device),
+        "avss_memory": lambda: bench_avss_memory(args.device),
     }
     for section in tqdm.tqdm(args.sections, desc="benchmark", unit="section"):
         if args.device == "cuda":

@@ -33,7 +33,6 @@ from predictor import (  # noqa: E402
     draw_heatmap,
     draw_prediction,
     metadata_for,
-    prediction_masks,
     write_image_atomic,
 )
 
@@ -132,7 +131,7 @@ def run(args):
         else:
             frame_paths = extract_video_frames(args.input, cfg.INPUT.AVS.NUM_FRAMES, tmp)
         output = predictor(clip_dict(frame_paths, args.audio, clip_id=os.path.basename(args.input.rstrip("/"))))
-        labels = prediction_masks(output["sem_seg"]).cpu().numpy()
+        labels = output["sem_seg_labels"].cpu().numpy()
         overlays = []
         for k, path in enumerate(tqdm.tqdm(frame_paths, desc="drawing", unit="frame")):
             frame = read_image(path, format="RGB")

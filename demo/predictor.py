@@ -53,10 +53,14 @@ class AVSPredictor:
         Args:
             dataset_dict: a clip dict (frame paths, audio path, ...; see selm_d2.data).
         Returns:
-            dict: the model output for the clip, ``{"sem_seg": [T, K+1, H0, W0], ...}``.
+            dict: the model output for the clip at its original size: ``"sem_seg_labels"``
+            [T, H0, W0] int64 (binary: 1 = sounding; AVSS: class index) and
+            ``"sem_seg_scores"`` [T, H0, W0] their probabilities, plus ``"selection_maps"``
+            when ``MODEL.SELM.RETURN_SELECTION_MAPS`` is on. Labels, not K+1 probability maps,
+            keep a long high-resolution AVSS clip within memory.
         """
         with torch.no_grad():
-            return self.model([self.mapper(dataset_dict)])[0]
+            return self.model([self.mapper(dict(dataset_dict, output_format="labels"))])[0]
 
 
 def clip_dict(frame_paths, audio_path, clip_id="demo"):
@@ -75,13 +79,6 @@ def clip_dict(frame_paths, audio_path, clip_id="demo"):
         "height": height,
         "width": width,
     }
-
-
-def prediction_masks(sem_seg):
-    """[T, K+1, H, W] probabilities -> [T, H, W] int64 labels (binary: 0/1; AVSS: class index)."""
-    if sem_seg.shape[1] == 2:
-        return (sem_seg[:, 1] > 0.5).long()
-    return sem_seg.argmax(dim=1)
 
 
 def draw_prediction(frame_rgb, label_map, metadata):

@@ -51,7 +51,7 @@ def render(out_root, num_clips):
     from detectron2.data import DatasetCatalog
     from detectron2.data.detection_utils import read_image
     from predictor import (AVSPredictor, draw_heatmap, draw_prediction, metadata_for,
-                           prediction_masks, write_image_atomic)
+                           write_image_atomic)
 
     from selm_d2 import add_selm_config
     from selm_d2.data.masks import read_clip_masks
@@ -68,7 +68,7 @@ def render(out_root, num_clips):
     rows = []
     for clip in dicts[:num_clips]:
         out = predictor(clip)
-        labels = prediction_masks(out["sem_seg"]).cpu().numpy()
+        labels = out["sem_seg_labels"].cpu().numpy()
         gt = read_clip_masks(clip)
         maps = out.get("selection_maps", {})
         finest = max(maps, key=lambda name: maps[name][0].numel()) if maps else None

@@ -10,6 +10,9 @@ and ``scaling.png`` (latency vs frames per clip) into ``--output-dir``. Sections
 - latency: one clip (T=5, 224²) through SelM, through its visual backbone alone, and through
   its two encoders alone (backbone + VGGish), for the R50 and PVT-v2-b5 paper configs;
 - scaling: SelM-R50 latency at T = 5, 10, 20, 40 and at 160², 224², 320²;
+- breakdown: SelM-R50 time per part (encoders, DAM per stage, projections, BCSM, CLEVER, the
+  rest) at T = 5 and 40, from forward hooks, as a table and ``breakdown.png``;
+Ratios are timed interleaved: one call of each side per round, median of each side.
 - train: one training step (forward + backward + AdamW) of SelM-R50 and of the AVS-Synth model;
 - scan: BCSM's selective scan, vectorised vs step-by-step, fwd + bwd (and mamba-ssm on CUDA);
 - data: clip loading throughput (5 frames 224², wav decoding + log-mel) with 0, 1, 2 workers;
@@ -45,7 +48,7 @@ REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 PAPER_CONFIGS = {"R50": "configs/ms3/selm_R50.yaml", "PVT-v2-b5": "configs/ms3/selm_pvt_v2_b5.yaml"}
 AVSS_CONFIG = "configs/avss/selm_R50.yaml"
 SYNTH_CONFIG = "configs/synth/ms3.yaml"
-SECTIONS = ("latency", "scaling", "train", "scan", "data", "flops", "avss_memory")
+SECTIONS = ("latency", "scaling", "breakdown", "train", "scan", "data", "flops", "avss_memory")
 # What a caller can ask SelM to return (keys of the input clip dict), for avss_memory.
 AVSS_OUTPUT_REQUESTS = {
     "probabilities at 1280x720 (default)": {},
@@ -86,6 +89,23 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
+def interleaved(fns, device, repeats, warmup=1):
+    """{name: median seconds} of each ``fns[name]()``, timed round-robin (one call of each per
+    round) so that machine noise lands on every side of a ratio rather than on one block."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def timeit(fn, device, repeats, warmup=1):
     """Median wall time of ``fn()`` in seconds."""
     for _ in range(warmup):
@@ -120,9 +140,11 @@ def bench_latency(device, repeats):
         images = ((clip["image"].float() - model.pixel_mean.cpu()) / model.pixel_std.cpu()).to(device)
         audio = clip["audio"].to(device)
         with torch.no_grad():
-            selm = timeit(lambda: model([clip]), device, repeats)
-            backbone = timeit(lambda: model.backbone(images), device, repeats)
-            encoders = timeit(lambda: _encoders_alone(model, images, audio), device, repeats)
+            times = interleaved({"selm": lambda: model([clip]),
+                                 "backbone": lambda: model.backbone(images),
+                                 "encoders": lambda: _encoders_alone(model, images, audio)},
+                                device, repeats)
+        selm, backbone, encoders = times["selm"], times["backbone"], times["encoders"]
         rows.append({"backbone": name, "selm_s": selm, "backbone_alone_s": backbone,
                      "encoders_alone_s": encoders, "selm_over_backbone": selm / backbone,
                      "selm_over_encoders": selm / encoders, "clips_per_s": 1.0 / selm})
@@ -130,16 +152,94 @@ def bench_latency(device, repeats):
 
 
 def bench_scaling(device, repeats):
+    """SelM-R50 latency over T and over frame size, each series timed interleaved."""
     model = build_model(load_cfg(PAPER_CONFIGS["R50"], device)).eval()
-    frames, sizes = [], []
-    with torch.no_grad():
-        for t in tqdm.tqdm((5, 10, 20, 40), desc="scaling T", leave=False):
-            clip = clip_input(t, 224)
-            frames.append({"T": t, "size": 224, "latency_s": timeit(lambda: model([clip]), device, repeats)})
-        for size in tqdm.tqdm((160, 224, 320), desc="scaling size", leave=False):
-            clip = clip_input(5, size)
-            sizes.append({"T": 5, "size": size, "latency_s": timeit(lambda: model([clip]), device, repeats)})
-    return {"frames": frames, "resolution": sizes}
+
+    def series(shapes):
+        clips = {shape: clip_input(*shape) for shape in shapes}
+        with torch.no_grad():
+            return interleaved({shape: (lambda c=clip: model([c])) for shape, clip in clips.items()},
+                               device, repeats)
+
+    frames = series([(t, 224) for t in (5, 10, 20, 40)])
+    sizes = series([(5, size) for size in (160, 224, 320)])
+    return {"frames": [{"T": t, "size": size, "latency_s": v} for (t, size), v in frames.items()],
+            "resolution": [{"T": t, "size": size, "latency_s": v} for (t, size), v in sizes.items()]}
+
+
+# Parts of SelM in the time breakdown, by the first component of a module's path that names
+# one (pre-processing, token pooling and post-processing are what remains).
+BREAKDOWN_PARTS = (("backbone", "visual encoder"), ("audio_encoder", "VGGish"), ("dam", "DAM"),
+                   ("visual_proj", "projections"), ("audio_proj", "projections"),
+                   ("bcsm", "BCSM"), ("clever", "CLEVER"))
+
+
+def _breakdown_part(path):
+    parts = path.split(".")
+    for name, label in BREAKDOWN_PARTS:
+        if name in parts:
+            index = parts.index(name)
+            if name == "dam":  # one row per DAM stage
+                return "DAM " + parts[index + 1] if len(parts) > index + 1 else None
+            return label
+    return None
+
+
+class ModuleTimer:
+    """Wall time of each part of a model (``BREAKDOWN_PARTS``) from forward hooks.
+
+    Only the outermost call of a part is timed, so nested modules are not counted twice.
+    """
+
+    def __init__(self, model, device):
+        self.device = device
+        self.seconds = {}
+        self._depth, self._start, self._part = 0, 0.0, None
+        for path, module in model.named_modules():
+            part = _breakdown_part(path) if path else None
+            if part is not None:
+                module.register_forward_pre_hook(self._enter(part))
+                module.register_forward_hook(self._leave)
+
+    def _enter(self, part):
+        def hook(module, inputs):
+            if self._depth == 0:
+                _sync(self.device)
+                self._start, self._part = time.perf_counter(), part
+            self._depth += 1
+        return hook
+
+    def _leave(self, module, inputs, output):
+        self._depth -= 1
+        if self._depth == 0:
+            _sync(self.device)
+            self.seconds[self._part] = (self.seconds.get(self._part, 0.0)
+                                        + time.perf_counter() - self._start)
+
+
+def bench_breakdown(device, repeats, frames=(5, 40)):
+    """Per-part time of one SelM-R50 clip (224²) at each T of ``frames`` (medians of repeats);
+    "other" is what no part covers (normalisation, padding, token pooling, post-processing)."""
+    model = build_model(load_cfg(PAPER_CONFIGS["R50"], device)).eval()
+    timer = ModuleTimer(model, device)
+    rows = []
+    for t in frames:
+        clip = clip_input(t, 224)
+        runs = []
+        with torch.no_grad():
+            model([clip])  # warm-up
+            for _ in range(repeats):
+                timer.seconds = {}
+                _sync(device)
+                start = time.perf_counter()
+                model([clip])
+                _sync(device)
+                total = time.perf_counter() - start
+                runs.append(dict(timer.seconds, other=total - sum(timer.seconds.values()),
+                                 total=total))
+        rows.append({"T": t, "seconds": {part: statistics.median(r[part] for r in runs)
+                                         for part in runs[0]}})
+    return rows
 
 
 def _train_step_time(cfg, device, repeats, batch):
@@ -321,6 +421,17 @@ def markdown(report):
                   "| seconds | " + " | ".join("{:.3f}".format(r["latency_s"]) for r in report["scaling"]["frames"])
                   + " | " + " | ".join("{:.3f}".format(r["latency_s"]) for r in report["scaling"]["resolution"]) + " |",
                   ""]
+    if "breakdown" in report:
+        rows = report["breakdown"]
+        parts = sorted(rows[0]["seconds"], key=lambda p: (p in ("other", "total"), p))
+        lines += ["| SelM-R50 time per part (224²) | " + " | ".join(
+            "T={T} (s) | per frame (ms)".format(**r) for r in rows) + " |",
+            "|---" * (1 + 2 * len(rows)) + "|"]
+        for part in parts:
+            lines.append("| {} | ".format(part) + " | ".join(
+                "{:.3f} | {:.1f}".format(r["seconds"][part], 1000 * r["seconds"][part] / r["T"])
+                for r in rows) + " |")
+        lines.append("")
     if "train" in report:
         lines += ["| training step | clips/batch | s/step | clips/s |", "|---|---|---|---|"]
         for name, r in report["train"].items():
@@ -379,6 +490,31 @@ def scaling_plot(report, path):
     os.replace(path + ".tmp.png", path)
 
 
+def breakdown_plot(report, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["breakdown"]
+    parts = [p for p in sorted(rows[0]["seconds"]) if p != "total"]
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    height = 0.8 / len(rows)
+    for i, r in enumerate(rows):
+        ax.barh([j + i * height for j in range(len(parts))],
+                [1000 * r["seconds"][p] / r["T"] for p in parts], height=height,
+                label="T={}".format(r["T"]))
+    ax.set_yticks([j + height * (len(rows) - 1) / 2 for j in range(len(parts))])
+    ax.set_yticklabels(parts)
+    ax.invert_yaxis()
+    ax.set_xlabel("ms per frame")
+    ax.set_title("SelM-R50 time per part on {}".format(report["machine"].get("gpu", "CPU")))
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path + ".tmp.png", dpi=120)
+    os.replace(path + ".tmp.png", path)
+
+
 def write_atomic(path, text):
     with open(path + ".tmp", "w") as f:
         f.write(text)
@@ -398,6 +534,7 @@ def main(argv=None):
     runners = {
         "latency": lambda: bench_latency(args.device, args.repeats),
         "scaling": lambda: bench_scaling(args.device, args.repeats),
+        "breakdown": lambda: bench_breakdown(args.device, args.repeats),
         "train": lambda: bench_train(args.device, args.repeats),
         "scan": lambda: bench_scan(args.device, args.repeats),
         "data": bench_data,
@@ -416,6 +553,8 @@ def main(argv=None):
     write_atomic(os.path.join(args.output_dir, "benchmark.md"), table)
     if "scaling" in report:
         scaling_plot(report, os.path.join(args.output_dir, "scaling.png"))
+    if "breakdown" in report:
+        breakdown_plot(report, os.path.join(args.output_dir, "breakdown.png"))
     print(table)
 
 

@@ -38,6 +38,7 @@ __all__ = [
     "log_mel_spectrogram",
     "min_audio_seconds",
     "num_whole_examples",
+    "read_waveform",
 ]
 
 # vggish_params of the reference release.
@@ -209,8 +210,11 @@ def waveform_to_examples(waveform, sample_rate, max_examples=None, resampler="re
     return examples.reshape(num_examples, EXAMPLE_FRAMES, NUM_MEL_BINS).astype(np.float32)
 
 
-def _read_waveform(path):
-    """Decode a sound file: (float32 [num_samples, channels] in [-1, 1], sample rate)."""
+def read_waveform(path):
+    """Decode a sound file: (float32 [num_samples, channels] in [-1, 1], sample rate).
+
+    Raises AudioError naming the file when it is missing, undecodable, empty or non-finite.
+    """
     if not os.path.isfile(path):
         raise AudioError(
             "Audio file not found: {}. Check the dataset path and that the dataset's audio "
@@ -350,7 +354,7 @@ def load_audio_examples(path, num_frames, short_policy="repeat_last",
     if os.fspath(path).lower().endswith(".pkl"):
         examples = _read_log_mel_pickle(path)
     else:
-        waveform, rate = _read_waveform(path)
+        waveform, rate = read_waveform(path)
         seconds = waveform.shape[0] / rate
         examples = waveform_to_examples(waveform, rate, max_examples=num_frames,
                                         resampler=resampler)

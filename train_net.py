@@ -64,7 +64,7 @@ class Trainer(DefaultTrainer):
             output_dir=output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name),
             f_batch_size=cfg.TEST.AVS.F_BATCH_SIZE,
             eval_size=cfg.TEST.AVS.EVAL_SIZE,
-            count_padded_frames=cfg.TEST.AVS.COUNT_PADDED_FRAMES,
+            avss_protocol=cfg.TEST.AVS.AVSS_PROTOCOL,
             prefix=prefix,
         )
 

@@ -29,7 +29,7 @@ from detectron2.solver.build import maybe_add_gradient_clipping
 from detectron2.utils.logger import setup_logger
 
 from selm_d2 import add_selm_config
-from selm_d2.data import AVSClipDatasetMapper
+from selm_d2.data import AVSClipDatasetMapper, check_num_classes
 from selm_d2.evaluation import AVSEvaluator
 
 _NORM_TYPES = (
@@ -44,14 +44,17 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
+        check_num_classes(cfg, cfg.DATASETS.TRAIN)
         return build_detection_train_loader(cfg, mapper=AVSClipDatasetMapper(cfg, is_train=True))
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
+        check_num_classes(cfg, [dataset_name])
         return build_detection_test_loader(cfg, dataset_name, mapper=AVSClipDatasetMapper(cfg, is_train=False))
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None, prefix=""):
+        check_num_classes(cfg, [dataset_name])
         evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
         if evaluator_type not in ("avs_binary", "avss"):
             raise ValueError(
@@ -173,6 +176,10 @@ def _silenced(dicts):
 
 def _swapped(dicts):
     """Give every clip the audio of the next clip (cyclic), keeping its frames and labels."""
+    if len(dicts) < 2:
+        logging.getLogger(__name__).warning(
+            "TEST.AVS.ILLUSION: swapping audio needs at least 2 clips but the dataset has %d, "
+            "so the 'swapped' scores are those of the original audio.", len(dicts))
     out = copy.deepcopy(dicts)
     for d, donor in zip(out, dicts[1:] + dicts[:1]):
         d["audio_file_name"] = donor["audio_file_name"]

@@ -55,7 +55,7 @@ EXAMPLE_FRAMES = 96  # 0.96 s of 10 ms frames; examples do not overlap
 
 SHORT_POLICIES = ("repeat_last", "zero_pad")
 # "resampy": the reference's resampler itself; "polyphase": resampy's filter applied by scipy's
-# polyphase filter bank, faster and not bit-exact (README: measured difference).
+# polyphase filter bank, faster and equal to it up to float rounding (README: measured).
 RESAMPLERS = ("resampy", "polyphase")
 RESAMPY_FILTER = "kaiser_best"  # resampy.resample's default, used by the reference
 
@@ -110,8 +110,9 @@ def _polyphase_filter(up, down):
     sample whose time falls a fraction f (in input samples) after input sample n, the tap
     on input n - i sits at table position ``scale * f * per_zero + i * int(scale * per_zero)``
     (right wing: 1 - f and n + 1 + i): whole input samples advance by a whole number of table
-    entries, and a wing ends one step before the table does. Those positions depend only on the output's phase, so they form a polyphase
-    filter sampled at the rate up * input (tap j = phase + i * up).
+    entries, and a wing ends one step before the table does. Those positions depend only on
+    the output's phase, so they form a polyphase filter sampled at the rate up * input
+    (tap j = phase + i * up).
     """
     from resampy.filters import get_filter  # resampy imports numba: load it only when used
 
@@ -131,14 +132,18 @@ def _polyphase_filter(up, down):
     return _read_only(taps / up)  # resample_poly multiplies by `up`
 
 
+def _resampled_length(num_samples, sample_rate):
+    """Samples at 16 kHz of `num_samples` at `sample_rate`, rounded down as resampy does."""
+    return int(num_samples * float(VGGISH_SAMPLE_RATE) / float(sample_rate))
+
+
 def _resample(waveform, sample_rate, resampler):
-    """float64 [num_samples] at `sample_rate` -> float64 [int(num_samples * 16000 / sample_rate)],
-    the length resampy returns."""
-    num_out = int(waveform.shape[0] * float(VGGISH_SAMPLE_RATE) / float(sample_rate))
+    """float64 [num_samples] at `sample_rate` -> float64 [_resampled_length(num_samples)]."""
+    num_out = _resampled_length(waveform.shape[0], sample_rate)
     if num_out < STFT_WINDOW:
         return np.zeros(0)  # no STFT frame either way; resampy rejects inputs this short
     if resampler == "resampy":
-        import resampy  # imports numba (~0.3 s); its first call compiles (~1 s per process)
+        import resampy  # imports numba (~0.3 s); its first call compiles (1-2 s per process)
 
         return resampy.resample(waveform, sample_rate, VGGISH_SAMPLE_RATE, filter=RESAMPY_FILTER)
     gcd = math.gcd(int(sample_rate), VGGISH_SAMPLE_RATE)
@@ -149,7 +154,7 @@ def _resample(waveform, sample_rate, resampler):
 def num_whole_examples(num_samples, sample_rate):
     """Whole 0.96 s examples that `num_samples` samples at `sample_rate` give (header only)."""
     if sample_rate != VGGISH_SAMPLE_RATE:
-        num_samples = int(num_samples * float(VGGISH_SAMPLE_RATE) / float(sample_rate))
+        num_samples = _resampled_length(num_samples, sample_rate)
     if num_samples < STFT_WINDOW:
         return 0
     return (1 + (num_samples - STFT_WINDOW) // STFT_HOP) // EXAMPLE_FRAMES

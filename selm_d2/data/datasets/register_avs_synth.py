@@ -2,8 +2,8 @@
 
 AVS-Synth (``python -m selm_d2.data.synthetic``) writes the official AVSBench layouts, so
 it is registered with the AVSBench parsers themselves. Root ``$DETECTRON2_DATASETS/avs_synth``
-(default ``datasets/avs_synth``; the variable is read when a dataset is loaded), which holds ``Single-source/``, ``Multi-sources/`` and
-``AVSS/``:
+(default ``datasets/avs_synth``; the variable is read when a dataset is loaded), which holds
+``Single-source/``, ``Multi-sources/`` and ``AVSS/``:
 
 - ``avs_synth_s4_{train,val,test}``: S4 layout, binary masks, train annotates frame 1 only;
 - ``avs_synth_ms3_{train,val,test}``: MS3 layout, binary masks;

@@ -16,7 +16,10 @@ setup(
         # Pillow<10 while detectron2 v0.6 is installed: it evaluates Image.LINEAR at import.
         "Pillow<10",
         "numpy",
-        "scipy",             # polyphase resampling of audio
+        "scipy",             # polyphase resampling of audio (INPUT.AVS.AUDIO.RESAMPLER)
+        # AVSBench's VGGish front-end resamples with resampy: the default resampler, and the
+        # source of the filter that the polyphase option applies (pulls in numba).
+        "resampy>=0.4",
         "soundfile",         # wav/flac decoding
         "timm>=0.9",         # PVT-v2 backbones
         "opencv-python-headless",  # detectron2's Visualizer, demo video writing

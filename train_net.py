@@ -43,7 +43,7 @@ from detectron2.solver.build import maybe_add_gradient_clipping
 from detectron2.utils.logger import setup_logger
 
 from selm_d2 import add_selm_config
-from selm_d2.data import AVSClipDatasetMapper
+from selm_d2.data import AVSClipDatasetMapper, check_num_classes
 from selm_d2.data.datasets import register_dataset_specs
 from selm_d2.evaluation import AVSEvaluator, model_output_request
 from selm_d2.modeling.pretrained import load_pretrained_encoders
@@ -95,12 +95,14 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
+        check_num_classes(cfg, cfg.DATASETS.TRAIN)
         return build_detection_train_loader(cfg, mapper=AVSClipDatasetMapper(cfg, is_train=True))
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name, dicts=None):
         """Clips of ``dataset_name`` (or the given ``dicts`` of it) for evaluation, each asking
         the model for just what the evaluator scores (size, labels or probabilities)."""
+        check_num_classes(cfg, [dataset_name])
         dicts = DatasetCatalog.get(dataset_name) if dicts is None else dicts
         request = model_output_request(
             MetadataCatalog.get(dataset_name).get("evaluator_type", None), cfg.TEST.AVS.EVAL_SIZE)
@@ -110,6 +112,7 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None, prefix=""):
+        check_num_classes(cfg, [dataset_name])
         evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
         if evaluator_type not in ("avs_binary", "avss"):
             raise ValueError(
@@ -122,7 +125,7 @@ class Trainer(DefaultTrainer):
             output_dir=output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name),
             f_batch_size=cfg.TEST.AVS.F_BATCH_SIZE,
             eval_size=cfg.TEST.AVS.EVAL_SIZE,
-            count_padded_frames=cfg.TEST.AVS.COUNT_PADDED_FRAMES,
+            avss_protocol=cfg.TEST.AVS.AVSS_PROTOCOL,
             prefix=prefix,
         )
 
@@ -249,6 +252,10 @@ def _silenced(dicts):
 
 def _swapped(dicts):
     """Give every clip the audio of the next clip (cyclic), keeping its frames and labels."""
+    if len(dicts) < 2:
+        logging.getLogger(__name__).warning(
+            "TEST.AVS.ILLUSION: swapping audio needs at least 2 clips but the dataset has %d, "
+            "so the 'swapped' scores are those of the original audio.", len(dicts))
     out = copy.deepcopy(dicts)
     for d, donor in zip(out, dicts[1:] + dicts[:1]):
         d["audio_file_name"] = donor["audio_file_name"]

@@ -4,9 +4,13 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
+from detectron2.data import DatasetCatalog
 
 from selm_d2.data.check_avsbench import main
-from test_datasets import make_avss_tree, make_ms3_tree, make_s4_tree, write_image
+from selm_d2.data.datasets import register_avs_dataset
+from test_audio import truncated_wav
+from test_datasets import make_avss_tree, make_ms3_tree, make_s4_tree, write_image, write_wav
 
 S4_CLIPS = [("a1", "dog_barking", "train"), ("b2", "race_car", "val"),
             ("c3", "race_car", "test")]
@@ -82,3 +86,55 @@ def test_command_line_entry_point(tmp_path):
         cwd=os.path.join(os.path.dirname(__file__), ".."))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "avsbench_s4 train" in result.stdout
+
+
+# ------------------------------------------------------------------ bad input (issue rows)
+def test_audio_cut_short_is_reported(tmp_path, capsys):
+    """A wav truncated to 0.05 s with its header intact, and a 2 s wav for a 5 s clip."""
+    root = make_s4_tree(str(tmp_path), S4_CLIPS)
+    wav = os.path.join(root, "Single-source", "s4_data", "audio_wav", "{}", "race_car", "{}.wav")
+    cut = truncated_wav(wav.format("val", "b2"), 0.05)
+    two_seconds = write_wav(wav.format("test", "c3"), seconds=2.0, rate=48000)
+    assert main([root, "--deep"]) == 1
+    out = capsys.readouterr().out
+    assert "[short_audio]" in out
+    line = next(x for x in out.splitlines() if cut in x)
+    assert "0.05 s" in line and "0 whole" in line and "5 frames" in line
+    line = next(x for x in out.splitlines() if two_seconds in x)
+    assert "2.00 s" in line and "2 whole" in line
+    assert "1 problem" not in out and "2 problem(s) found" in out
+
+
+def test_absent_splits_are_not_problems(tmp_path, capsys):
+    """A tree (and metadata) with the test split only."""
+    root = str(tmp_path)
+    make_s4_tree(os.path.join(root, "avsbench_object"), [("c3", "race_car", "test")])
+    make_ms3_tree(os.path.join(root, "avsbench_object"), [("m3", "test")])
+    make_avss_tree(os.path.join(root, "avsbench_semantic"), [("v_1", "v2", "test")])
+    assert main([root, "--deep"]) == 0
+    out = capsys.readouterr().out
+    assert "No problems found" in out and "--splits test" in out
+    for layout in ("avsbench_s4", "avsbench_ms3", "avss"):
+        assert "{} train: absent".format(layout) in out and "{} val: absent".format(layout) in out
+    assert main([root, "--splits", "test", "--deep"]) == 0
+    assert ": absent" not in capsys.readouterr().out
+    assert main([root, "--splits", "train"]) == 1  # nothing at all to check
+    assert "every requested split is absent" in capsys.readouterr().out
+
+
+def test_garbage_first_frame_is_found_and_named_at_load(tmp_path, capsys):
+    root = make_s4_tree(str(tmp_path), S4_CLIPS)
+    frame = os.path.join(root, "Single-source", "s4_data", "visual_frames", "val", "race_car",
+                         "b2", "b2_1.png")
+    with open(frame, "wb") as f:
+        f.write(np.random.RandomState(0).bytes(500))
+    assert main([root]) == 1
+    out = capsys.readouterr().out
+    assert "[corrupt_images]" in out and frame in out
+    register_avs_dataset("t_garbage_frame", root, "avsbench_s4", split="val")
+    with pytest.raises(ValueError) as e:
+        DatasetCatalog.get("t_garbage_frame")
+    assert "'b2'" in str(e.value) and frame in str(e.value) and "check_avsbench" in str(e.value)
+    # the other splits still load
+    register_avs_dataset("t_garbage_frame_test", root, "avsbench_s4", split="test")
+    assert [d["clip_id"] for d in DatasetCatalog.get("t_garbage_frame_test")] == ["c3"]

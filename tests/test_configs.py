@@ -76,6 +76,7 @@ def test_paper_recipes(name):
     if task == "avss":
         assert cfg.INPUT.AVS.NUM_FRAMES == cfg.INPUT.AVS.PAD_TO_FRAMES == 10
         assert cfg.INPUT.AVS.AUDIO.SHORT_POLICY == "zero_pad" and cfg.TEST.AVS.EVAL_SIZE == 224
+        assert cfg.TEST.AVS.AVSS_PROTOCOL == "official"  # the protocol of the paper's numbers
 
 
 @pytest.mark.parametrize("name", SYNTH_CONFIGS)
@@ -98,3 +99,8 @@ def test_synth_config_trains_one_step_on_cpu(name):
         total = sum(model([clip, clip]).values())
     total.backward()
     assert torch.isfinite(total)
+
+
+def test_renamed_key_names_its_successor():
+    with pytest.raises(KeyError, match="TEST.AVS.AVSS_PROTOCOL"):
+        load("avss/selm_R50.yaml", "TEST.AVS.COUNT_PADDED_FRAMES", "True")

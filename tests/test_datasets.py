@@ -241,12 +241,12 @@ def test_genuine_s4_and_ms3_metadata(avsbench_meta_dir, tmp_path):
     assert _counts(S4Layout, str(tmp_path)) == {"train": 3452, "val": 740, "test": 740}
     assert _counts(MS3Layout, str(tmp_path)) == {"train": 296, "val": 64, "test": 64}
     s4 = list(S4Layout(str(tmp_path)).records())
-    assert sorted({row[2] for row in s4}) == S4_CATEGORIES
+    assert sorted({record["category"] for record in s4}) == S4_CATEGORIES
 
     # Dicts of genuine rows: implied paths, S4 train annotates frame 1 only.
     train_row = next(S4Layout(str(tmp_path), split="train").records())
     clip = S4Layout(str(tmp_path)).clip_dict(train_row)
-    name, category = train_row[0], train_row[2]
+    name, category = train_row["name"], train_row["category"]
     assert clip["clip_id"] == name and clip["category"] == category
     assert clip["file_names"][4] == os.path.join(
         str(tmp_path), "Single-source", "s4_data", "visual_frames", "train", category, name,
@@ -255,7 +255,7 @@ def test_genuine_s4_and_ms3_metadata(avsbench_meta_dir, tmp_path):
     ms3_row = next(MS3Layout(str(tmp_path), split="val").records())
     clip = MS3Layout(str(tmp_path)).clip_dict(ms3_row)
     assert clip["file_names"][0].endswith(os.path.join(
-        "ms3_data", "visual_frames", ms3_row[0], ms3_row[0] + ".mp4_1.png"))
+        "ms3_data", "visual_frames", ms3_row["name"], ms3_row["name"] + ".mp4_1.png"))
     assert None not in clip["sem_seg_file_names"]
 
 
@@ -367,6 +367,52 @@ def test_metadata_csv_missing_column_is_named(tmp_path):
     assert "metadata.csv" in str(e.value) and "'label'" in str(e.value)
 
 
+def test_s4_csv_without_category_names_that_column(tmp_path):
+    write_csv(str(tmp_path / "Single-source" / "s4_meta_data.csv"),
+              ["name", "start", "split"], [("a1", 0, "train")])
+    with pytest.raises(ValueError) as e:
+        load("t_s4_nocat", str(tmp_path), "avsbench_s4")
+    assert "['category']" in str(e.value) and "'split'" not in str(e.value)
+
+
+def test_csv_with_byte_order_mark(tmp_path):
+    """Spreadsheet exports start with U+FEFF: the first column is still "uid" / "name"."""
+    root = make_avss_tree(str(tmp_path / "sem"), [("v_1", "v2", "test")])
+    path = os.path.join(root, "metadata.csv")
+    text = open(path, encoding="utf-8").read()
+    with open(path, "w", encoding="utf-8-sig") as f:  # writes the BOM
+        f.write("uid,label,split,vid\n" + "v_1,v2,test,v\n")
+    assert open(path, "rb").read(3) == b"\xef\xbb\xbf" and "uid" in text
+    assert [d["clip_id"] for d in load("t_avss_bom", root, "avss")] == ["v_1"]
+    s4 = make_s4_tree(str(tmp_path / "obj"), [("a1", "dog_barking", "train")])
+    csv_path = os.path.join(s4, "Single-source", "s4_meta_data.csv")
+    content = open(csv_path, encoding="utf-8").read()
+    with open(csv_path, "w", encoding="utf-8-sig") as f:
+        f.write(content)
+    assert [d["clip_id"] for d in load("t_s4_bom", s4, "avsbench_s4")] == ["a1"]
+
+
+def test_s4_columns_by_header_name_or_by_position_without_header(tmp_path):
+    root = make_s4_tree(str(tmp_path), [("a1", "dog_barking", "train"),
+                                        ("b2", "race_car", "val")])
+    csv_path = os.path.join(root, "Single-source", "s4_meta_data.csv")
+    write_csv(csv_path, ["split", "category", "start", "name"],
+              [("train", "dog_barking", 0, "a1"), ("val", "race_car", 0, "b2")])
+    clips = load("t_s4_reordered", root, "avsbench_s4")
+    assert [(d["clip_id"], d["category"]) for d in clips] == [("a1", "dog_barking"),
+                                                              ("b2", "race_car")]
+    assert all(os.path.isfile(p) for d in clips for p in d["file_names"])
+    # no header row: every row is a clip, columns by position (name, start, category, split)
+    with open(csv_path, "w") as f:
+        f.write("a1,0,dog_barking,train\nb2,0,race_car,val\n")
+    assert [d["clip_id"] for d in load("t_s4_headerless", root, "avsbench_s4")] == ["a1", "b2"]
+    # a header of unknown names is neither
+    with open(csv_path, "w") as f:
+        f.write("id,t,cls,part\na1,0,dog_barking,train\n")
+    with pytest.raises(ValueError, match="names none of the columns"):
+        load("t_s4_unknown_header", root, "avsbench_s4")
+
+
 def test_missing_root_error_says_where_and_how(tmp_path, monkeypatch):
     monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))
     register_avs_dataset("t_missing_root", str(tmp_path / "avsbench_object"), "avsbench_s4")
@@ -378,18 +424,31 @@ def test_missing_root_error_says_where_and_how(tmp_path, monkeypatch):
     assert "DETECTRON2_DATASETS" in message and "datasets/README.md" in message
 
 
+def test_datasets_root_is_read_when_a_builtin_dataset_loads(tmp_path, monkeypatch):
+    """DETECTRON2_DATASETS set after `import selm_d2` (this module imported it long ago)."""
+    root = str(tmp_path / "elsewhere")
+    monkeypatch.setenv("DETECTRON2_DATASETS", root)
+    with pytest.raises(FileNotFoundError) as e:
+        DatasetCatalog.get("avsbench_s4_test")
+    tried = os.path.join(root, "avsbench_object", "Single-source", "s4_meta_data.csv")
+    assert tried in str(e.value) and "(now {!r})".format(root) in str(e.value)
+    make_s4_tree(os.path.join(root, "avsbench_object"), [("c3", "race_car", "test")])
+    assert [d["clip_id"] for d in DatasetCatalog.get("avsbench_s4_test")] == ["c3"]
+    make_avss_tree(os.path.join(root, "avsbench_semantic"), [("v_1", "v2", "val")])
+    (clip,) = DatasetCatalog.get("avss_v2_val")
+    assert clip["file_names"][0].startswith(root)
+
+
 def test_builtin_names_and_metadata():
     names = set(DatasetCatalog.list())
     for split in ("train", "val", "test"):
         assert {"avsbench_s4_" + split, "avsbench_ms3_" + split, "avss_" + split,
                 "avss_v1s_" + split, "avss_v1m_" + split, "avss_v2_" + split} <= names
-    root = os.getenv("DETECTRON2_DATASETS", "datasets")
     s4 = MetadataCatalog.get("avsbench_s4_train")
     assert s4.evaluator_type == "avs_binary" and s4.ignore_label == 255 and s4.num_frames == 5
     assert s4.stuff_classes == ["background", "sounding object"]
     assert len(s4.stuff_colors) == 2 and s4.stuff_colors[0] == [0, 0, 0]
     assert len(s4.categories) == 23
-    assert s4.dataset_root == os.path.join(root, "avsbench_object")
     assert MetadataCatalog.get("avsbench_ms3_test").evaluator_type == "avs_binary"
     for name, frames in (("avss_val", 10), ("avss_v1s_train", 5), ("avss_v1m_test", 5),
                          ("avss_v2_val", 10)):
@@ -397,7 +456,6 @@ def test_builtin_names_and_metadata():
         assert meta.evaluator_type == "avss" and meta.num_frames == frames
         assert meta.stuff_classes == AVSS_CLASSES and meta.ignore_label == 255
         assert meta.stuff_colors == avss_palette().tolist()
-        assert meta.dataset_root == os.path.join(root, "avsbench_semantic")
 
 
 # ------------------------------------------------------------------ manifest

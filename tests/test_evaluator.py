@@ -127,9 +127,15 @@ def test_batch_protocol_depends_on_batch_size(batch_size, m_j, m_f):
 def test_dataset_level_protocol_and_empty_batches():
     assert binary_scores_dataset_level(PROTOCOL_IOUS, PROTOCOL_CURVES) == \
         pytest.approx((0.66, 0.6))
-    # a batch of clips with only empty-GT frames scores F = 0 and still counts
-    assert binary_scores_batch_protocol([np.ones(2), np.ones(1)], [np.zeros((0, 255))] * 2, 1) \
-        == pytest.approx((1.0, 0.0))
+    # a batch of clips with only empty-GT frames scores F = 0 and still counts (official)
+    assert binary_scores_batch_protocol([np.ones(2), np.ones(1)],
+                                        [np.zeros((0, 255)), _curve(t0=0.9)], 1) \
+        == pytest.approx((1.0, 0.45))
+    # no sounding frame at all: M_F is undefined (NaN), not 0; M_J is still defined
+    silent = ([np.ones(2), np.ones(1)], [np.zeros((0, 255))] * 2)
+    for m_j, m_f in (binary_scores_batch_protocol(*silent, 1),
+                     binary_scores_dataset_level(*silent)):
+        assert m_j == 1.0 and np.isnan(m_f)
     # a batch without any annotated frame has nothing to average and is left out
     assert binary_scores_batch_protocol(
         [np.array([0.4]), np.zeros(0)], [_curve(t0=0.9), np.zeros((0, 255))], 1) == \
@@ -308,44 +314,93 @@ def test_evaluator_rejects_bad_input(tmp_path):
         ev.process([dicts[0]], [{"sem_seg": torch.zeros(2, 2, 3, 4)}])
 
 
-def _avss_clip(root, count_padded):
-    # frames: annotated (classes 0/1/2), unannotated (None), and one padding frame
+def _official_avss_sums(logits, labels, num_classes):
+    """AVSBench avss/test.py on one batch, restated: per frame, ``argmax(softmax) + 1`` and
+    ``label + 1`` are histogrammed into classes 1..C (torch.histc); IoU = I / (U + eps),
+    F from I/P and I/G with NaN -> 0, and a class counts in a frame when U > 0.
+
+    logits: [N, C, H, W] as the official model outputs them (zeros on padding frames);
+    labels: [N, H, W], zeros where the loader padded. Returns [3, C] sums (IoU, F, count).
+    """
+    predict = torch.argmax(torch.softmax(logits, 1), 1).float() + 1
+    target = labels.float() + 1
+    inter_map = predict * (predict == target).float()
+    sums = torch.zeros(3, num_classes, dtype=torch.float64)
+    for i in range(labels.shape[0]):
+        def hist(x):
+            return torch.histc(x, bins=num_classes, min=1, max=num_classes).double()
+        inter, area_p, area_g = hist(inter_map[i]), hist(predict[i]), hist(target[i])
+        union = area_p + area_g - inter
+        f = 1.3 * (inter / area_p) * (inter / area_g) / (0.3 * (inter / area_p) + inter / area_g)
+        sums += torch.stack([inter / (2.220446049250313e-16 + union),
+                             torch.nan_to_num(f, nan=0.0), (union > 0).double()])
+    return sums
+
+
+def _avss_clip(root, protocol):
+    """One 3-frame clip: annotated (classes 0/1/2), unannotated (None), annotated."""
     gt0 = [[0, 1], [1, 0]]
     gt1 = [[0, 0], [2, 2]]
     files = [_write_png(root / "a0.png", gt0), None, _write_png(root / "a2.png", gt1)]
     d = {"clip_id": "s", "file_names": ["f"] * 3, "sem_seg_file_names": files,
-         "mask_format": "avss_index", "height": 2, "width": 2,
-         "frame_valid": torch.tensor([True, True, True, False])}
+         "mask_format": "avss_index", "height": 2, "width": 2}
     _register("avs_test_avss", [d], "avss", ["background", "a", "b", "c"])
     pred = torch.tensor([[[0, 1], [0, 0]], [[3, 3], [3, 3]], [[0, 0], [2, 1]]])
     probs = torch.nn.functional.one_hot(pred, 4).permute(0, 3, 1, 2).float()
-    ev = AVSEvaluator("avs_test_avss", str(root), distributed=False,
-                      count_padded_frames=count_padded)
+    ev = AVSEvaluator("avs_test_avss", str(root), distributed=False, avss_protocol=protocol)
     ev.reset()
     ev.process([d], [{"sem_seg": probs}])
-    scored_pred, scored_gt = pred[[0, 2]], torch.tensor([gt0, gt1])
-    return ev.evaluate()["sem_seg"], avss_frame_class_scores(scored_pred, scored_gt, 4)
+    return ev.evaluate()["sem_seg"], pred, (gt0, gt1)
 
 
-def test_evaluator_avss_padded_frames(tmp_path):
-    res, (iou, fscore, present) = _avss_clip(tmp_path, count_padded=False)
-    sums = [iou.sum(0).numpy(), fscore.sum(0).numpy(), present.sum(0).numpy().astype(float)]
-    plain = avss_scores(*sums)
-    assert list(res) == ["mIoU", "F", "mIoU_noBg", "F_noBg", "fg_rate"]
-    assert res["mIoU"] == pytest.approx(100 * plain["mIoU"])
-    assert res["F_noBg"] == pytest.approx(100 * plain["F_noBg"])
+def test_evaluator_avss_protocols(tmp_path):
+    res, pred, (gt0, gt1) = _avss_clip(tmp_path, "annotated")
+    iou, fscore, present = avss_frame_class_scores(pred[[0, 2]], torch.tensor([gt0, gt1]), 4)
+    annotated = avss_scores(iou.sum(0).numpy(), fscore.sum(0).numpy(),
+                            present.sum(0).numpy().astype(float))
+    assert list(res) == ["mIoU", "F", "mIoU_noBg", "F_noBg", "mIoU_annotated", "F_annotated",
+                         "mIoU_official", "F_official", "fg_rate"]
+    assert res["mIoU"] == res["mIoU_annotated"] == pytest.approx(100 * annotated["mIoU"])
+    assert res["F_noBg"] == pytest.approx(100 * annotated["F_noBg"])
     assert res["fg_rate"] == pytest.approx(100 * (1 / 4 + 2 / 4) / 2)  # unannotated frame dropped
-    # official: the unannotated frame and the padding frame add IoU_0 = F_0 = 1 twice
-    res_padded, _ = _avss_clip(tmp_path, count_padded=True)
-    for s in sums:
-        s[0] += 2
-    padded = avss_scores(*sums)
-    assert res_padded["mIoU"] == pytest.approx(100 * padded["mIoU"])
-    assert res_padded["F"] == pytest.approx(100 * padded["F"])
-    assert res_padded["mIoU"] > res["mIoU"]
-    per_class = json.loads((tmp_path / "avs_results.json").read_text())["per_class"]
+
+    # official: the batch the AVSBench loader and model make of this clip: 10 frames, the
+    # missing label and the 7 padding labels zero, logits of the 7 padding frames zeroed
+    logits = torch.zeros(10, 4, 2, 2)
+    logits[:3] = 5.0 * torch.nn.functional.one_hot(pred, 4).permute(0, 3, 1, 2)
+    labels = torch.zeros(10, 2, 2, dtype=torch.long)
+    labels[0], labels[2] = torch.tensor(gt0), torch.tensor(gt1)
+    official = avss_scores(*_official_avss_sums(logits, labels, 4).numpy())
+    res_official, _, _ = _avss_clip(tmp_path, "official")
+    assert res_official["mIoU"] == pytest.approx(100 * official["mIoU"])
+    assert res_official["F"] == pytest.approx(100 * official["F"])
+    assert res_official["mIoU_noBg"] == pytest.approx(100 * official["mIoU_noBg"])
+    for key in ("mIoU_annotated", "F_annotated", "mIoU_official", "F_official"):
+        assert res_official[key] == pytest.approx(res[key])  # both reported either way
+    assert res["mIoU_official"] == pytest.approx(res_official["mIoU"]) != res["mIoU"]
+    report = json.loads((tmp_path / "avs_results.json").read_text())
+    assert report["settings"]["avss_protocol"] == "official"
+    per_class = report["per_class"]
     assert list(per_class) == ["background", "a", "b", "c"]
-    assert per_class["background"]["num_frames"] == 4 and per_class["c"]["num_frames"] == 0
+    # background: 2 annotated frames + the unannotated one (predicted "c") + 7 padding frames
+    assert per_class["background"]["num_frames"] == 10 and per_class["c"]["num_frames"] == 1
+    with pytest.raises(ValueError, match="AVSS_PROTOCOL"):
+        AVSEvaluator("avs_test_avss", None, distributed=False, avss_protocol="padded")
+
+
+def test_evaluator_all_silent_set_has_undefined_f(tmp_path):
+    dicts = _binary_dicts(tmp_path)[1:2] * 3  # the silent clip, three times
+    _register("avs_test_silent", dicts, "avs_binary")
+    ev = AVSEvaluator("avs_test_silent", str(tmp_path), distributed=False, f_batch_size=2)
+    ev.reset()
+    for d in dicts:
+        ev.process([d], [_binary_output(1)])
+    res = ev.evaluate()["sem_seg"]
+    assert np.isnan(res["M_F_dataset"]) and np.isnan(res["M_F_official_bs2"])
+    assert 0 < res["M_J"] < 100  # defined: the fraction of pixels predicted background
+    metrics = json.loads((tmp_path / "avs_results.json").read_text())["metrics"]
+    assert metrics["M_F_dataset"] is None and metrics["M_F_official_bs2"] is None
+    assert metrics["M_J"] == pytest.approx(res["M_J"])
 
 
 # ----------------------------------------------------------------------------- distributed

@@ -359,8 +359,6 @@ def test_real_avsbench_loaders_read_the_synthetic_layouts(synth_root):
     names = ["avs_synth_{}_{}".format(layout, split) for layout in S.LAYOUTS
              for split in S.SPLITS]
     assert set(names) <= set(DatasetCatalog.list())
-    default_root = MetadataCatalog.get("avs_synth_ms3_train").dataset_root
-
     def reregister(root):
         for name in names:
             DatasetCatalog.remove(name)
@@ -403,7 +401,7 @@ def test_real_avsbench_loaders_read_the_synthetic_layouts(synth_root):
                     assert meta.evaluator_type == "avs_binary"
                     assert meta.num_frames == 5
     finally:
-        reregister(default_root)
+        reregister(None)  # the default: $DETECTRON2_DATASETS/avs_synth when loaded
 
 
 # ------------------------------------------------------------------------------ atomicity

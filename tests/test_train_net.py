@@ -89,6 +89,36 @@ def test_swapped_audio_really_changes_the_audio(tiny_synth):
     assert "audio_override" not in dicts[0]  # the registered dicts are left untouched
 
 
+def test_illusion_on_one_clip_warns_that_swapping_needs_two(tiny_synth):
+    from detectron2.data import DatasetCatalog
+
+    from train_net import _swapped
+
+    from test_audio import _Records
+
+    one = DatasetCatalog.get(tiny_synth["test"])[:1]
+    with _Records("train_net") as records:
+        assert _swapped(one)[0]["audio_file_name"] == one[0]["audio_file_name"]
+        _swapped(DatasetCatalog.get(tiny_synth["test"])[:2])
+    assert len(records) == 1 and "at least 2 clips" in records[0], records
+
+
+def test_num_classes_mismatch_fails_before_training():
+    """configs/synth/avss.yaml (K = 6) pointed at AVSBench-semantic (70 classes)."""
+    from train_net import Trainer
+
+    cfg = get_cfg()
+    add_selm_config(cfg)
+    cfg.merge_from_file(os.path.join(REPO_ROOT, "configs", "synth", "avss.yaml"))
+    cfg.merge_from_list(["DATASETS.TRAIN", "('avss_train',)", "DATASETS.TEST", "('avss_test',)"])
+    for build in (Trainer.build_train_loader, lambda c: Trainer.build_test_loader(c, "avss_test"),
+                  lambda c: Trainer.build_evaluator(c, "avss_test")):
+        # the check runs before any file is read: no AVSS data is needed to see it
+        with pytest.raises(ValueError, match=r"NUM_CLASSES is 6 .*'avss_\w+' has 71 .*"
+                                             r"NUM_CLASSES 70"):
+            build(cfg)
+
+
 def test_evaluator_type_missing_is_a_clear_error():
     from detectron2.data import MetadataCatalog
 

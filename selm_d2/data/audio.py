@@ -4,16 +4,21 @@ The pretrained VGGish weights expect exactly the input pipeline of the reference
 (``vggish_input.py`` / ``mel_features.py`` / ``vggish_params.py``), so this module follows it:
 
 1. decode with soundfile to float in [-1, 1] (any PCM width or float), average the channels;
-2. resample to 16 kHz: polyphase filtering with the windowed-sinc low-pass of the reference
-   resampler (resampy's ``kaiser_best``), see `_resampling_filter`;
+2. resample to 16 kHz with resampy's default ``kaiser_best`` filter, as the reference does
+   (``resampy.resample(x, rate, 16000)``); the "polyphase" resampler is a faster option
+   that applies the same resampy filter with scipy's polyphase filter bank (see `_resample`);
 3. STFT: 400-sample (25 ms) periodic-Hann frames every 160 samples (10 ms), no padding,
    FFT length 512, magnitude (not power);
 4. 64 HTK-mel triangular bands 125-7500 Hz (DC bin excluded), ``log(mel + 0.01)``;
 5. non-overlapping examples of 96 frames (0.96 s); a partial trailing example is dropped.
 
 A 5 s clip thus has 498 STFT frames and yields 5 examples covering 0-4.8 s.
+
+The reference reads files as int16 / 32768; soundfile's float decoding equals that for 16-bit
+files (all AVSBench audio) and keeps the full precision of 24-bit and float files.
 """
 import functools
+import logging
 import math
 import os
 import pickle
@@ -25,11 +30,15 @@ from scipy.signal import resample_poly
 
 __all__ = [
     "AudioError",
+    "RESAMPLERS",
     "SHORT_POLICIES",
     "load_audio_examples",
     "silent_examples",
     "waveform_to_examples",
     "log_mel_spectrogram",
+    "min_audio_seconds",
+    "num_whole_examples",
+    "read_waveform",
 ]
 
 # vggish_params of the reference release.
@@ -44,12 +53,14 @@ LOG_OFFSET = 0.01  # keeps log() finite on silence
 SILENCE_LOG_MEL = math.log(LOG_OFFSET)  # every log-mel value of digital silence
 EXAMPLE_FRAMES = 96  # 0.96 s of 10 ms frames; examples do not overlap
 
-# Low-pass of resampy's "kaiser_best" filter (resampy <= 0.3), the resampler of the reference.
-RESAMPLE_ZERO_CROSSINGS = 64
-RESAMPLE_KAISER_BETA = 14.769656459379492
-RESAMPLE_ROLLOFF = 0.9475937167399596  # cut-off as a fraction of the lower Nyquist rate
-
 SHORT_POLICIES = ("repeat_last", "zero_pad")
+# "resampy": the reference's resampler itself; "polyphase": resampy's filter applied by scipy's
+# polyphase filter bank, faster and equal to it up to float rounding (README: measured).
+RESAMPLERS = ("resampy", "polyphase")
+RESAMPY_FILTER = "kaiser_best"  # resampy.resample's default, used by the reference
+
+logger = logging.getLogger(__name__)
+_warned_short = set()  # files already reported as shorter than their clip (in this process)
 
 
 class AudioError(ValueError):
@@ -91,24 +102,67 @@ def _mel_matrix(sample_rate):
 
 
 @functools.lru_cache(maxsize=None)
-def _resampling_filter(up, down):
-    """Low-pass FIR [2 * half + 1] for `resample_poly(x, up, down)`, at the rate up * input.
+def _polyphase_filter(up, down):
+    """resampy's ``kaiser_best`` low-pass as an FIR [2 * half + 1] for ``resample_poly``.
 
-    scipy's default (10 zero crossings, Kaiser beta 5) aliases an 8.6 kHz tone in 44.1 kHz
-    audio into the 7.4 kHz mel band at only -17 dB; this filter keeps aliases below -140 dB.
+    resampy stores one wing of the filter as a table, `per_zero` entries per zero crossing
+    (at the lower of the two rates), and evaluates it with linear interpolation. For an output
+    sample whose time falls a fraction f (in input samples) after input sample n, the tap
+    on input n - i sits at table position ``scale * f * per_zero + i * int(scale * per_zero)``
+    (right wing: 1 - f and n + 1 + i): whole input samples advance by a whole number of table
+    entries, and a wing ends one step before the table does. Those positions depend only on
+    the output's phase, so they form a polyphase filter sampled at the rate up * input
+    (tap j = phase + i * up).
     """
-    max_rate = max(up, down)
-    half = int(math.ceil(RESAMPLE_ZERO_CROSSINGS * max_rate / RESAMPLE_ROLLOFF))
-    taps = np.arange(-half, half + 1)
-    h = np.sinc(RESAMPLE_ROLLOFF * taps / max_rate) * np.kaiser(2 * half + 1, RESAMPLE_KAISER_BETA)
-    return _read_only(h / h.sum())  # unit DC gain; resample_poly multiplies by `up`
+    from resampy.filters import get_filter  # resampy imports numba: load it only when used
+
+    table, per_zero, _ = get_filter(RESAMPY_FILTER)
+    scale = min(1.0, up / down)  # cut-off relative to the input rate; the gain follows it
+    step = int(scale * per_zero)
+    half = (len(table) // step + 1) * up
+    j = np.arange(-half, half + 1)
+    # left wing (j >= 0): phase j % up, then j // up whole samples; right wing (j < 0):
+    # phase in 1..up, then the remaining whole samples.
+    phase = np.where(j >= 0, j % up, (-j - 1) % up + 1)
+    whole = np.where(j >= 0, j // up, (-j - 1) // up)
+    offset = scale * per_zero * phase / up
+    taps = scale * np.interp(offset + whole * step, np.arange(len(table)), table)
+    # resampy stops a wing before a tap whose whole-entry offset is within `step` of the end.
+    taps[whole >= (len(table) - np.floor(offset)) // step] = 0.0
+    return _read_only(taps / up)  # resample_poly multiplies by `up`
 
 
-def _resample(waveform, sample_rate):
-    """float64 [num_samples] at `sample_rate` -> [ceil(num_samples * 16000 / sample_rate)]."""
+def _resampled_length(num_samples, sample_rate):
+    """Samples at 16 kHz of `num_samples` at `sample_rate`, rounded down as resampy does."""
+    return int(num_samples * float(VGGISH_SAMPLE_RATE) / float(sample_rate))
+
+
+def _resample(waveform, sample_rate, resampler):
+    """float64 [num_samples] at `sample_rate` -> float64 [_resampled_length(num_samples)]."""
+    num_out = _resampled_length(waveform.shape[0], sample_rate)
+    if num_out < STFT_WINDOW:
+        return np.zeros(0)  # no STFT frame either way; resampy rejects inputs this short
+    if resampler == "resampy":
+        import resampy  # imports numba (~0.3 s); its first call compiles (1-2 s per process)
+
+        return resampy.resample(waveform, sample_rate, VGGISH_SAMPLE_RATE, filter=RESAMPY_FILTER)
     gcd = math.gcd(int(sample_rate), VGGISH_SAMPLE_RATE)
     up, down = VGGISH_SAMPLE_RATE // gcd, int(sample_rate) // gcd
-    return resample_poly(waveform, up, down, window=_resampling_filter(up, down))
+    return resample_poly(waveform, up, down, window=_polyphase_filter(up, down))[:num_out]
+
+
+def num_whole_examples(num_samples, sample_rate):
+    """Whole 0.96 s examples that `num_samples` samples at `sample_rate` give (header only)."""
+    if sample_rate != VGGISH_SAMPLE_RATE:
+        num_samples = _resampled_length(num_samples, sample_rate)
+    if num_samples < STFT_WINDOW:
+        return 0
+    return (1 + (num_samples - STFT_WINDOW) // STFT_HOP) // EXAMPLE_FRAMES
+
+
+def min_audio_seconds(num_frames):
+    """Shortest audio that gives `num_frames` whole examples: T * 0.96 s + 15 ms."""
+    return ((num_frames * EXAMPLE_FRAMES - 1) * STFT_HOP + STFT_WINDOW) / VGGISH_SAMPLE_RATE
 
 
 def log_mel_spectrogram(waveform):
@@ -128,23 +182,27 @@ def log_mel_spectrogram(waveform):
     return np.log(magnitude @ _mel_matrix(VGGISH_SAMPLE_RATE) + LOG_OFFSET)
 
 
-def waveform_to_examples(waveform, sample_rate, max_examples=None):
-    """VGGish log-mel examples of an in-memory waveform.
+def waveform_to_examples(waveform, sample_rate, max_examples=None, resampler="resampy"):
+    """VGGish log-mel examples of an in-memory waveform (the reference's function of that name).
 
     Args:
         waveform: finite float array [num_samples] or [num_samples, channels] in [-1, 1];
             channels are averaged.
         sample_rate: rate of `waveform` in Hz; resampled to 16 kHz when different.
         max_examples: keep at most this many leading examples (skips the STFT of the rest).
+        resampler: "resampy" (the reference) or "polyphase" (faster), see RESAMPLERS.
     Returns:
         float32 array [N, 96, 64]; N = whole 0.96 s examples (a partial last one is dropped).
     """
+    if resampler not in RESAMPLERS:
+        raise ValueError("INPUT.AVS.AUDIO.RESAMPLER is {!r}; expected one of {}.".format(
+            resampler, RESAMPLERS))
     waveform = np.asarray(waveform)
     if waveform.ndim == 2:
         waveform = waveform.mean(axis=1, dtype=np.float64)
     waveform = np.asarray(waveform, dtype=np.float64)
     if sample_rate != VGGISH_SAMPLE_RATE:
-        waveform = _resample(waveform, sample_rate)
+        waveform = _resample(waveform, sample_rate, resampler)
     if max_examples is not None:
         # STFT frames are local: samples past the last kept frame cannot change the result.
         needed = (max_examples * EXAMPLE_FRAMES - 1) * STFT_HOP + STFT_WINDOW
@@ -157,8 +215,11 @@ def waveform_to_examples(waveform, sample_rate, max_examples=None):
     return examples.reshape(num_examples, EXAMPLE_FRAMES, NUM_MEL_BINS).astype(np.float32)
 
 
-def _read_waveform(path):
-    """Decode a sound file: (float32 [num_samples, channels] in [-1, 1], sample rate)."""
+def read_waveform(path):
+    """Decode a sound file: (float32 [num_samples, channels] in [-1, 1], sample rate).
+
+    Raises AudioError naming the file when it is missing, undecodable, empty or non-finite.
+    """
     if not os.path.isfile(path):
         raise AudioError(
             "Audio file not found: {}. Check the dataset path and that the dataset's audio "
@@ -240,8 +301,23 @@ def _fit_examples(examples, num_frames, short_policy):
     return np.concatenate([examples, np.repeat(filler, num_frames - count, axis=0)], axis=0)
 
 
+def _warn_short_once(path, count, num_frames, short_policy, seconds=None):
+    """Log (once per file and process) that a file gives fewer examples than its clip's T."""
+    key = os.fspath(path)
+    if key in _warned_short:
+        return
+    _warned_short.add(key)
+    length = "" if seconds is None else " ({:.2f} s; {} frames need {:.3f} s)".format(
+        seconds, num_frames, min_audio_seconds(num_frames))
+    logger.warning(
+        "Audio %s gives %d whole 0.96 s example(s) for a %d-frame clip%s: the remaining "
+        "frames get INPUT.AVS.AUDIO.SHORT_POLICY %r padding. `python -m "
+        "selm_d2.data.check_avsbench <root> --deep` lists every such file.",
+        key, count, num_frames, length, short_policy)
+
+
 def load_audio_examples(path, num_frames, short_policy="repeat_last",
-                        sample_rate=VGGISH_SAMPLE_RATE):
+                        sample_rate=VGGISH_SAMPLE_RATE, resampler="resampy"):
     """VGGish log-mel examples of a clip, one per frame (second).
 
     Args:
@@ -254,10 +330,11 @@ def load_audio_examples(path, num_frames, short_policy="repeat_last",
             "zero_pad": append all-zero log-mel examples, as the official AVSS loader does.
             Audio shorter than one example (0.96 s) has nothing to repeat: "repeat_last" then
             fills with the log-mel of digital silence (see `silent_examples`), "zero_pad"
-            with zeros.
+            with zeros. Such a file is logged (warning) once per file and process.
         sample_rate: the model's audio rate (cfg.INPUT.AVS.AUDIO.SAMPLE_RATE); must be
             16000, the rate the VGGish log-mel parameters are defined for. Files at any other
             rate are resampled to it.
+        resampler: "resampy" | "polyphase" (cfg.INPUT.AVS.AUDIO.RESAMPLER), see RESAMPLERS.
     Returns:
         float32 Tensor [T, 1, 96, 64]. Audio longer than T examples is trimmed.
     Raises:
@@ -278,11 +355,16 @@ def load_audio_examples(path, num_frames, short_policy="repeat_last",
     if int(num_frames) != num_frames or num_frames < 1:
         raise ValueError("num_frames must be a positive integer, got {!r}.".format(num_frames))
     num_frames = int(num_frames)
+    seconds = None
     if os.fspath(path).lower().endswith(".pkl"):
         examples = _read_log_mel_pickle(path)
     else:
-        waveform, rate = _read_waveform(path)
-        examples = waveform_to_examples(waveform, rate, max_examples=num_frames)
+        waveform, rate = read_waveform(path)
+        seconds = waveform.shape[0] / rate
+        examples = waveform_to_examples(waveform, rate, max_examples=num_frames,
+                                        resampler=resampler)
+    if examples.shape[0] < num_frames:
+        _warn_short_once(path, examples.shape[0], num_frames, short_policy, seconds)
     examples = _fit_examples(examples, num_frames, short_policy)
     return torch.from_numpy(np.ascontiguousarray(examples, dtype=np.float32))[:, None]
 

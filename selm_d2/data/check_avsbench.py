@@ -8,17 +8,22 @@ manifest file; ``--layout auto`` finds every S4/MS3/AVSS release under it. Clips
 by the same layout parsers as the registered datasets and streamed (one clip in memory at a
 time). Without ``--deep`` only file existence and image headers (sizes) are checked;
 ``--deep`` also decodes every image and mask (PIL verify + load, AVSS palette check) and
-opens every audio file with soundfile. Exit status 1 when any problem is found.
+every audio file, and reports audio that gives fewer whole 0.96 s VGGish examples than the
+clip has frames (e.g. a wav cut short: libsndfile reads the samples that are there).
+
+A split that the metadata does not list (e.g. a download of the test split only) is reported
+as absent, not as a problem. Exit status 1 when any problem is found, or nothing to check.
 """
 import argparse
 import os
 import sys
 from collections import OrderedDict
 
-import soundfile as sf
 from PIL import Image
 from tqdm import tqdm
 
+from .audio import AudioError, min_audio_seconds, num_whole_examples, read_waveform
+from .datasets.common import NoClipsSelected
 from .datasets.register import LAYOUTS, build_layout
 from .masks import read_mask
 
@@ -31,7 +36,9 @@ PROBLEMS = OrderedDict([
     ("missing_audio", "audio files that do not exist"),
     ("size_mismatch", "masks (or frames) whose size differs from the clip's first frame"),
     ("corrupt_images", "frames/masks that cannot be read or decoded"),
-    ("corrupt_audio", "audio files soundfile cannot open (--deep)"),
+    ("corrupt_audio", "audio files that cannot be decoded or hold no/non-finite samples "
+                      "(--deep)"),
+    ("short_audio", "audio shorter than the clip: fewer 0.96 s examples than frames (--deep)"),
 ])
 
 
@@ -55,6 +62,7 @@ class _SplitReport:
         self.name = name
         self.max_report = max_report
         self.clips = 0
+        self.absent = None  # why the split has no clip, when it has none
         self.counts = OrderedDict((kind, 0) for kind in PROBLEMS)
 
     def add(self, kind, message):
@@ -116,10 +124,23 @@ def _check_clip(clip, report, deep):
     if not os.path.isfile(audio):
         report.add("missing_audio", audio)
     elif deep:
-        try:
-            sf.info(audio)
-        except Exception as e:  # soundfile's error type differs across versions
-            report.add("corrupt_audio", "{} ({})".format(audio, e))
+        _check_audio(audio, len(clip["file_names"]), report)
+
+
+def _check_audio(path, num_frames, report):
+    """Decode an audio file; report it when corrupt or shorter than `num_frames` examples."""
+    try:
+        waveform, rate = read_waveform(path)
+    except AudioError as e:
+        report.add("corrupt_audio", str(e))
+        return
+    count = num_whole_examples(waveform.shape[0], rate)
+    if count < num_frames:
+        report.add("short_audio", "{} holds {:.2f} s of audio: {} whole 0.96 s example(s) for "
+                   "the clip's {} frames (needs {:.3f} s); loading pads it by "
+                   "INPUT.AVS.AUDIO.SHORT_POLICY".format(
+                       path, waveform.shape[0] / rate, count, num_frames,
+                       min_audio_seconds(num_frames)))
 
 
 def check_split(layout, root, split, deep=False, max_report=20):
@@ -129,6 +150,9 @@ def check_split(layout, root, split, deep=False, max_report=20):
     try:
         total = sum(1 for _ in parser.records())
         records = parser.records()
+    except NoClipsSelected as e:
+        report.absent = str(e)
+        return report
     except (OSError, ValueError) as e:
         report.add("bad_clips", str(e))
         return report
@@ -146,7 +170,8 @@ def check_split(layout, root, split, deep=False, max_report=20):
 
 def _print_table(reports, deep):
     columns = ["dataset", "clips"] + list(PROBLEMS)
-    rows = [[r.name, str(r.clips)] + [str(n) for n in r.counts.values()] for r in reports]
+    rows = [[r.name, "absent" if r.absent else str(r.clips)] + [str(n) for n in r.counts.values()]
+            for r in reports]
     widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(columns)]
     print()
     for row in [columns] + rows:
@@ -186,7 +211,17 @@ def main(argv=None):
         for split in splits:
             reports.append(check_split(layout, root, split, args.deep, args.max_report))
     _print_table(reports, args.deep)
+    absent = [r for r in reports if r.absent]
+    for r in absent:
+        print("{}: absent ({})".format(r.name, r.absent))
+    present = sorted({r.name.split()[-1] for r in reports if not r.absent})
+    if absent and present:
+        print("Absent splits are not problems; `--splits {}` checks only the splits "
+              "present.".format(" ".join(present)))
     problems = sum(r.total for r in reports)
+    if not present:
+        print("No clip to check: every requested split is absent from the metadata.")
+        return 1
     print("{} problem(s) found.".format(problems) if problems else "No problems found.")
     return 1 if problems else 0
 

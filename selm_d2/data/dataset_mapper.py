@@ -10,7 +10,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
-from .audio import load_audio_examples, silent_examples
+from .audio import RESAMPLERS, load_audio_examples, silent_examples
 from .masks import IGNORE_LABEL, read_clip_masks
 
 __all__ = ["AVSClipDatasetMapper", "ClipCenterCrop"]
@@ -71,7 +71,7 @@ class AVSClipDatasetMapper:
     @configurable
     def __init__(self, is_train=True, *, size, crop, random_flip, scale_range, num_frames,
                  pad_to_frames, audio_source, short_audio_policy, sample_rate,
-                 ignore_label=IGNORE_LABEL):
+                 resampler="resampy", ignore_label=IGNORE_LABEL):
         """
         NOTE: this interface is experimental.
 
@@ -87,6 +87,8 @@ class AVSClipDatasetMapper:
             audio_source: "auto" | "wav" | "log_mel" | "silence" (INPUT.AVS.AUDIO.SOURCE).
             short_audio_policy: "repeat_last" | "zero_pad" for audio shorter than the clip.
             sample_rate: the audio front-end's rate (INPUT.AVS.AUDIO.SAMPLE_RATE).
+            resampler: "resampy" | "polyphase" for audio not at 16 kHz
+                (INPUT.AVS.AUDIO.RESAMPLER).
             ignore_label: sem_seg value of unannotated pixels and frames.
         """
         if crop not in CROP_TYPES:
@@ -94,6 +96,9 @@ class AVSClipDatasetMapper:
         if audio_source not in AUDIO_SOURCES:
             raise ValueError("INPUT.AVS.AUDIO.SOURCE is {!r}; expected one of {}.".format(
                 audio_source, AUDIO_SOURCES))
+        if resampler not in RESAMPLERS:
+            raise ValueError("INPUT.AVS.AUDIO.RESAMPLER is {!r}; expected one of {}.".format(
+                resampler, RESAMPLERS))
         if len(scale_range) != 2 or not 0 < scale_range[0] <= scale_range[1]:
             raise ValueError("INPUT.AVS.SCALE_RANGE must be [min, max] with 0 < min <= max; "
                              "got {}.".format(list(scale_range)))
@@ -107,6 +112,7 @@ class AVSClipDatasetMapper:
         self.audio_source = audio_source
         self.short_audio_policy = short_audio_policy
         self.sample_rate = sample_rate
+        self.resampler = resampler
         self.ignore_label = ignore_label
         if is_train:
             short_edges = (int(round(size * scale_range[0])), int(round(size * scale_range[1])))
@@ -139,6 +145,7 @@ class AVSClipDatasetMapper:
             "audio_source": avs.AUDIO.SOURCE,
             "short_audio_policy": avs.AUDIO.SHORT_POLICY,
             "sample_rate": avs.AUDIO.SAMPLE_RATE,
+            "resampler": avs.AUDIO.RESAMPLER,
             "ignore_label": ignore_label,
         }
 
@@ -213,7 +220,8 @@ class AVSClipDatasetMapper:
             path = log_mel
         elif self.audio_source == "auto" and log_mel:
             path = log_mel
-        return load_audio_examples(path, count, self.short_audio_policy, self.sample_rate)
+        return load_audio_examples(path, count, self.short_audio_policy, self.sample_rate,
+                                   self.resampler)
 
     def _pad_spatially(self, frames, masks):
         """Pad frames [T,h,w,3] / masks [T,h,w] at the bottom/right to size x size (train

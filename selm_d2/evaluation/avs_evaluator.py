@@ -17,6 +17,7 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 from detectron2.utils.logger import create_small_table
 
+from selm_d2.data.datasets.avss import SUBSET_FRAMES
 from selm_d2.data.masks import read_clip_masks
 
 from .metrics import (
@@ -32,6 +33,9 @@ from .metrics import (
 __all__ = ["AVSEvaluator", "model_output_request"]
 
 EVALUATOR_TYPES = ("avs_binary", "avss")
+AVSS_PROTOCOLS = ("annotated", "official")
+# The official AVSS loader pads every clip to the frame count of the v2 subset.
+OFFICIAL_AVSS_FRAMES = max(SUBSET_FRAMES.values())
 
 
 def model_output_request(evaluator_type, eval_size):
@@ -64,8 +68,11 @@ class AVSEvaluator(DatasetEvaluator):
     Result keys (prefixed by ``prefix + "/"`` when a prefix is given):
         binary: "M_J" (per-frame mean), "M_J_official_bs{B}" and "M_F_official_bs{B}" (official
         protocol over batches of B clips), "M_F_dataset" (max of the mean F curve over all
-        frames); avss: "mIoU", "F", "mIoU_noBg", "F_noBg" (the noBg values drop the LAST class,
-        as the official code does; see :func:`avss_scores`); both: "fg_rate" (percent of pixels
+        frames). M_F is NaN (``null`` in the JSON) when no frame has a sounding object: the
+        F-measure is undefined there, whereas 0 would drag down an average over splits.
+        avss: "mIoU", "F", "mIoU_noBg", "F_noBg" under the configured protocol (the noBg
+        values drop the LAST class, as the official code does; see :func:`avss_scores`), and
+        "mIoU_<protocol>", "F_<protocol>" under both protocols; both: "fg_rate" (percent of pixels
         predicted foreground on annotated frames) and, when the split has clips whose ground
         truth is empty on every annotated frame, "fg_rate_silent" (the same on those clips
         only: the auditory-illusion rate, ideally 0).
@@ -80,7 +87,7 @@ class AVSEvaluator(DatasetEvaluator):
         distributed: bool = True,
         f_batch_size: int = 4,
         eval_size: int = 0,
-        count_padded_frames: bool = False,
+        avss_protocol: str = "annotated",
         prefix: str = "",
     ):
         """
@@ -91,10 +98,13 @@ class AVSEvaluator(DatasetEvaluator):
             f_batch_size: clips per batch of the official M_F / M_J protocol (AVSBench 4).
             eval_size: 0 scores at the original size; N resizes ground truth (nearest) and
                 probabilities (bilinear) to N x N first (official AVSS: 224).
-            count_padded_frames: AVSS only. Score padding frames and frames without ground
-                truth as perfect background (IoU = F = 1 for class 0), as the official AVSS
-                loader does with its T=10 padding. Off by default: such frames carry no
-                ground truth and inflate the background class.
+            avss_protocol: AVSS only, which frames count (TEST.AVS.AVSS_PROTOCOL):
+                "annotated": the frames with ground truth;
+                "official": AVSBench's avss/test.py, which scores every clip padded to 10
+                frames. Its model multiplies the logits of padding frames by 0, so all 71
+                are equal and argmax picks class 0: a padding frame counts as predicted and
+                labelled background (IoU = F = 1 for class 0). Real frames without a label
+                file get an all-background label and are scored with the prediction.
             prefix: namespace of the result keys and of the JSON file, e.g. "silenced".
         """
         self._logger = logging.getLogger(__name__)
@@ -110,16 +120,15 @@ class AVSEvaluator(DatasetEvaluator):
         if eval_size < 0:
             raise ValueError("TEST.AVS.EVAL_SIZE must be 0 (original size) or a positive size, "
                              "got {}".format(eval_size))
-        if count_padded_frames and self._evaluator_type != "avss":
-            self._logger.warning(
-                "TEST.AVS.COUNT_PADDED_FRAMES only affects AVSS datasets; '%s' is binary (the "
-                "official S4/MS3 protocol has no padding), so it is ignored.", dataset_name)
+        if avss_protocol not in AVSS_PROTOCOLS:
+            raise ValueError("TEST.AVS.AVSS_PROTOCOL is {!r}; expected one of {}.".format(
+                avss_protocol, AVSS_PROTOCOLS))
         self._dataset_name = dataset_name
         self._output_dir = output_dir
         self._distributed = distributed
         self._f_batch_size = int(f_batch_size)
         self._eval_size = int(eval_size)
-        self._count_padded = bool(count_padded_frames) and self._evaluator_type == "avss"
+        self._avss_protocol = avss_protocol
         self._prefix = prefix.strip("/")
         self._ignore_label = int(meta.get("ignore_label", 255))
         self._class_names = meta.get("stuff_classes", None)
@@ -136,7 +145,7 @@ class AVSEvaluator(DatasetEvaluator):
             "distributed": distributed,
             "f_batch_size": cfg.TEST.AVS.F_BATCH_SIZE,
             "eval_size": cfg.TEST.AVS.EVAL_SIZE,
-            "count_padded_frames": cfg.TEST.AVS.COUNT_PADDED_FRAMES,
+            "avss_protocol": cfg.TEST.AVS.AVSS_PROTOCOL,
             "prefix": prefix,
         }
 
@@ -195,9 +204,14 @@ class AVSEvaluator(DatasetEvaluator):
     def _clip_statistics(self, inp, out) -> Dict:
         pred, gt = self._load_pair(inp, out)
         annotated = (gt != self._ignore_label).flatten(1).any(1)
+        stats = {}
+        if self._evaluator_type == "avss":
+            stats["class_sums"] = self._avss_class_sums(pred, gt, annotated,
+                                                        len(self._class_names))
+            pred_fg = pred[annotated] != 0
         pred, gt = pred[annotated], gt[annotated]
         sounding = ((gt != 0) & (gt != self._ignore_label)).flatten(1).any(1)
-        stats = {"silent": bool(annotated.any()) and not bool(sounding.any())}
+        stats["silent"] = bool(annotated.any()) and not bool(sounding.any())
         if self._evaluator_type == "avs_binary":
             prob = pred[:, 0]
             stats["iou"] = binary_frame_iou(prob, gt, self._ignore_label).cpu().numpy()
@@ -205,19 +219,25 @@ class AVSEvaluator(DatasetEvaluator):
             stats["f_curves"] = binary_frame_f_curves(
                 prob[sounding], gt[sounding], self._ignore_label).cpu().numpy()
             pred_fg = prob > 0.5
-        else:
-            iou, fscore, present = avss_frame_class_scores(
-                pred, gt, len(self._class_names), self._ignore_label)
-            sums = torch.stack([iou.sum(0), fscore.sum(0), present.sum(0).double()])
-            if self._count_padded:
-                # Padding (frame_valid False, dropped from the output) and unannotated frames:
-                # prediction and label both all background -> IoU_0 = F_0 = 1, counted once.
-                frame_valid = torch.as_tensor(inp.get("frame_valid", []), dtype=torch.bool)
-                sums[:, 0] += int((~frame_valid).sum()) + int((~annotated).sum())
-            stats["class_sums"] = sums.cpu().numpy()
-            pred_fg = pred != 0
         stats["fg_rate"] = foreground_rate(pred_fg).cpu().numpy()
         return stats
+
+    def _avss_class_sums(self, pred, gt, annotated, num_classes):
+        """{protocol: float64 [3, K+1]}: sums over frames of IoU_c, F_c and "c present".
+
+        pred, gt: [T, H, W] of the clip's real frames; annotated: bool [T].
+        """
+        # Official: real frames without a label file get an all-background label (the loader
+        # pads its label list with zeros) and are scored with the model's prediction.
+        labels = torch.where(annotated[:, None, None], gt, torch.zeros_like(gt))
+        iou, fscore, present = avss_frame_class_scores(pred, labels, num_classes,
+                                                       self._ignore_label)
+        per_frame = torch.stack([iou, fscore, present.double()])  # [3, T, K+1]
+        official = per_frame.sum(1)
+        # Padding frames up to the official 10: IoU_0 = F_0 = 1, background present.
+        official[:, 0] += max(OFFICIAL_AVSS_FRAMES - pred.shape[0], 0)
+        return {"annotated": per_frame[:, annotated].sum(1).cpu().numpy(),
+                "official": official.cpu().numpy()}
 
     # ------------------------------------------------------------------ dataset
     def evaluate(self):
@@ -246,19 +266,31 @@ class AVSEvaluator(DatasetEvaluator):
                 ("M_F_dataset", m_f),
             ])
         else:
-            iou_sum, f_sum, count = np.sum([c["class_sums"] for c in clips], axis=0)
-            scores = avss_scores(iou_sum, f_sum, count)
-            metrics = OrderedDict((k, scores[k]) for k in ("mIoU", "F", "mIoU_noBg", "F_noBg"))
+            sums = {p: np.sum([c["class_sums"][p] for c in clips], axis=0)
+                    for p in AVSS_PROTOCOLS}
+            scores = {p: avss_scores(*sums[p]) for p in AVSS_PROTOCOLS}
+            chosen = scores[self._avss_protocol]
+            metrics = OrderedDict((k, chosen[k]) for k in ("mIoU", "F", "mIoU_noBg", "F_noBg"))
+            for protocol in AVSS_PROTOCOLS:
+                metrics["mIoU_" + protocol] = scores[protocol]["mIoU"]
+                metrics["F_" + protocol] = scores[protocol]["F"]
+            count = sums[self._avss_protocol][2]
             per_class = OrderedDict(
                 (name, {"IoU": 100 * float(i), "F": 100 * float(f), "num_frames": int(n)})
                 for name, i, f, n in zip(
-                    self._class_names, scores["per_class_iou"], scores["per_class_f"], count))
+                    self._class_names, chosen["per_class_iou"], chosen["per_class_f"], count))
         metrics["fg_rate"] = _mean_of([c["fg_rate"] for c in clips])
         silent = [c["fg_rate"] for c in clips if c["silent"]]
         if silent:
             metrics["fg_rate_silent"] = _mean_of(silent)
 
         results = OrderedDict((self._key(k), 100.0 * v) for k, v in metrics.items())
+        undefined = [k for k, v in results.items() if np.isnan(v)]
+        if undefined:
+            self._logger.warning(
+                "AVS evaluation on '%s': no annotated frame shows a sounding object, so %s "
+                "is undefined (NaN; null in the JSON), not 0.", self._dataset_name,
+                ", ".join(undefined))
         self._logger.info("AVS evaluation on '%s' (%d clips, %s, percent):\n%s",
                           self._dataset_name, len(clips), self._evaluator_type,
                           create_small_table(results))
@@ -279,8 +311,9 @@ class AVSEvaluator(DatasetEvaluator):
             ("num_clips", num_clips),
             ("num_silent_clips", num_silent),
             ("settings", {"f_batch_size": self._f_batch_size, "eval_size": self._eval_size,
-                          "count_padded_frames": self._count_padded, "prefix": self._prefix}),
-            ("metrics", results),
+                          "avss_protocol": self._avss_protocol, "prefix": self._prefix}),
+            # NaN (undefined, e.g. M_F without any sounding frame) is written as null.
+            ("metrics", OrderedDict((k, None if np.isnan(v) else v) for k, v in results.items())),
         ])
         if per_class is not None:
             report["per_class"] = per_class

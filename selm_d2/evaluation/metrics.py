@@ -108,6 +108,11 @@ def _mean_curve_max(curves: Sequence[np.ndarray]) -> float:
     return float(stacked.mean(0).max()) if len(stacked) else 0.0
 
 
+def _has_curves(curves: Sequence[np.ndarray]) -> bool:
+    """Whether any clip has an F curve, i.e. a frame with non-empty ground truth."""
+    return any(np.asarray(c).size for c in curves)
+
+
 def binary_scores_batch_protocol(
     clip_ious: Sequence[np.ndarray], clip_f_curves: Sequence[np.ndarray], batch_size: int
 ) -> Tuple[float, float]:
@@ -118,13 +123,14 @@ def binary_scores_batch_protocol(
     F curve of its frames with non-empty ground truth (0.0 when it has none; that 0 still
     counts). Each metric is the mean over batches, so M_F depends on the batch size. A batch
     without any annotated frame is left out of both means (the official test splits are fully
-    annotated, so this never happens there).
+    annotated, so this never happens there). When no batch has a non-empty-GT frame, M_F is
+    undefined: NaN (the official code would print 0).
 
     Args:
         clip_ious: per clip, float [n_annotated] IoUs of its annotated frames.
         clip_f_curves: per clip, float [n_nonempty, 255] F curves of its non-empty-GT frames.
     Returns:
-        (M_J, M_F) as fractions.
+        (M_J, M_F) as fractions; M_F NaN when no frame has non-empty ground truth.
     """
     if batch_size < 1:
         raise ValueError(
@@ -140,7 +146,9 @@ def binary_scores_batch_protocol(
         batch_j.append(ious.mean())
         batch_f.append(_mean_curve_max(clip_f_curves[start:start + batch_size]))
     if not batch_j:
-        return 0.0, 0.0
+        return 0.0, float("nan")
+    if not _has_curves(clip_f_curves):
+        return float(np.mean(batch_j)), float("nan")
     return float(np.mean(batch_j)), float(np.mean(batch_f))
 
 
@@ -150,11 +158,12 @@ def binary_scores_dataset_level(
     """M_J as the plain per-frame mean, M_F as the max of the mean curve over all valid frames.
 
     Same inputs as :func:`binary_scores_batch_protocol`; independent of batching and order.
+    M_F is NaN (undefined) when no frame has non-empty ground truth.
     """
     ious = [np.asarray(x, dtype=np.float64).ravel() for x in clip_ious]
     ious = np.concatenate(ious) if ious else np.zeros(0)
     m_j = float(ious.mean()) if ious.size else 0.0
-    return m_j, _mean_curve_max(clip_f_curves)
+    return m_j, _mean_curve_max(clip_f_curves) if _has_curves(clip_f_curves) else float("nan")
 
 
 def avss_frame_class_scores(

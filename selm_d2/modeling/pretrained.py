@@ -27,13 +27,14 @@ def load_pretrained_encoders(model, cfg):
     """Load ``MODEL.SELM.VISUAL_WEIGHTS`` into ``model.backbone`` and ``MODEL.SELM.AUDIO.WEIGHTS``
     into ``model.audio_encoder``; an empty key leaves that encoder as initialised."""
     selm = cfg.MODEL.SELM
-    load_visual_weights(model.backbone, selm.VISUAL_WEIGHTS)
+    scratch = [key for key, path in (("MODEL.SELM.VISUAL_WEIGHTS", selm.VISUAL_WEIGHTS),
+                                     ("MODEL.SELM.AUDIO.WEIGHTS", selm.AUDIO.WEIGHTS)) if not path]
+    if scratch:
+        logger.info("Encoders from scratch (empty %s)", ", ".join(scratch))
+    if selm.VISUAL_WEIGHTS:
+        load_visual_weights(model.backbone, selm.VISUAL_WEIGHTS)
     if selm.AUDIO.WEIGHTS:
         load_vggish_weights(model.audio_encoder, selm.AUDIO.WEIGHTS)
-    if not selm.VISUAL_WEIGHTS or not selm.AUDIO.WEIGHTS:
-        logger.info("Encoders from scratch: %s", ", ".join(
-            key for key, path in (("MODEL.SELM.VISUAL_WEIGHTS", selm.VISUAL_WEIGHTS),
-                                  ("MODEL.SELM.AUDIO.WEIGHTS", selm.AUDIO.WEIGHTS)) if not path))
 
 
 def encoder_state_dict(model):

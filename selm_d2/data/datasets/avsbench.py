@@ -1,7 +1,6 @@
 """AVSBench-object parsers: S4 (Single-source) and MS3 (Multi-sources), official layouts.
 
-S4, under ``<root>/Single-source/`` (columns of ``s4_meta_data.csv`` read by position:
-name, start, category, split)::
+S4, under ``<root>/Single-source/`` (``s4_meta_data.csv``: name, start, category, split)::
 
     s4_data/visual_frames/<split>/<category>/<name>/<name>_<k>.png   k = 1..5
     s4_data/gt_masks/<split>/<category>/<name>/<name>_<k>.png        train: k = 1 only
@@ -15,13 +14,17 @@ MS3, under ``<root>/Multi-sources/`` (``ms3_meta_data.csv``: name, split)::
     ms3_data/audio_wav/<split>/<name>.wav
     ms3_data/audio_log_mel/<split>/<name>.pkl                        optional
 
-`root` may also be the ``Single-source``/``Multi-sources`` folder itself.
+`root` may also be the ``Single-source``/``Multi-sources`` folder itself. The metadata
+columns are read by header name when the first row names them (the official files: S4
+``name,start,category,split``, MS3 ``video_id,split``), in any order; a file without a
+header row is read by position, in the order above.
 File names are implied by the layout, so parsing reads only the CSV: missing files are
 reported by the mapper (and listed by ``python -m selm_d2.data.check_avsbench``).
 """
+import itertools
 import os
 
-from .common import read_csv, select_rows
+from .common import SPLITS, read_csv, select_rows
 
 __all__ = ["S4_CATEGORIES", "S4Layout", "MS3Layout"]
 
@@ -42,7 +45,10 @@ class _AVSBenchObjectLayout:
     folder = None  # "Single-source" | "Multi-sources"
     csv_name = None
     data_folder = None  # "s4_data" | "ms3_data"
-    columns = ()  # CSV columns by position (the official loaders ignore the header names)
+    columns = ()  # CSV columns in positional order (files without a header row)
+    # Header names accepted for a column; the official MS3 file calls "name" "video_id".
+    aliases = {"name": ("name", "video_id")}
+    used = ()  # the columns clip_dict reads
     num_frames = 5
 
     def __init__(self, root, split=None, subset=None):
@@ -67,29 +73,57 @@ class _AVSBenchObjectLayout:
         return os.path.join(self.data_root, self.csv_name)
 
     def records(self):
-        """Yield one record dict per clip of the split, streaming the metadata CSV."""
+        """Yield one record {column: value} per clip of the split, streaming the metadata CSV."""
         path = self.metadata_file
-        header, rows = read_csv(path, "AVSBench {} metadata file".format(self.name))
-        if len(header) < len(self.columns):
-            raise ValueError(
-                "{} has {} column(s) ({}) but the {} layout needs {}: column {} ({!r}) is "
-                "missing. Use the metadata CSV of the official AVSBench release.".format(
-                    path, len(header), ",".join(header), self.name, len(self.columns),
-                    len(header) + 1, self.columns[len(header)])
-            )
-        split_column = self.columns.index("split")
-        yield from select_rows(
-            self._checked(rows, path), path, "split", self.split, key=lambda r: r[split_column]
-        )
+        first, rows = read_csv(path, "AVSBench {} metadata file".format(self.name))
+        position = self._positions(first, path)
+        if position is None:  # no header row: the first row is a clip
+            position = {c: self.columns.index(c) for c in self.used}
+            rows, start = itertools.chain([first], rows), 1
+            self._check_headerless(first, path)
+        else:
+            start = 2
+        records = self._records(rows, position, path, start)
+        yield from select_rows(records, path, "split", self.split, key=lambda r: r["split"])
 
-    def _checked(self, rows, path):
-        for line, row in enumerate(rows, start=2):
-            if len(row) < len(self.columns):
+    def _positions(self, header, path):
+        """{column: index} from a header row, or None when the row names no known column."""
+        names = {c: self.aliases.get(c, (c,)) for c in self.columns}
+        if not any(cell in alias for cell in header for alias in names.values()):
+            return None
+        found = {c: next((header.index(a) for a in names[c] if a in header), None)
+                 for c in self.used}
+        missing = [c for c in self.used if found[c] is None]
+        if missing:
+            raise ValueError(
+                "{} lacks column(s) {} (header: {}). The {} layout reads the columns {} by "
+                "header name, in any order; add the missing column(s), e.g. from the metadata "
+                "CSV of the official AVSBench release.".format(
+                    path, missing, ",".join(header), self.name, ",".join(self.used))
+            )
+        return found
+
+    def _check_headerless(self, first, path):
+        """A first row that names no column must be a clip, else it is an unknown header."""
+        split = self.columns.index("split")
+        if len(first) <= split or first[split] not in SPLITS:
+            raise ValueError(
+                "{}: the first row ({}) names none of the columns {} and is not a clip of "
+                "split {}. Name the columns in the header (or remove the header row to read "
+                "the columns by position in that order).".format(
+                    path, ",".join(first), ",".join(self.columns), "/".join(SPLITS))
+            )
+
+    def _records(self, rows, position, path, start):
+        needed = max(position.values()) + 1
+        for line, row in enumerate(rows, start=start):
+            if len(row) < needed:
                 raise ValueError(
-                    "{} line {}: {} value(s) but the columns are {}; fix or delete the "
-                    "line.".format(path, line, len(row), ",".join(self.columns))
+                    "{} line {}: {} value(s) but column {!r} is number {}; fix or delete the "
+                    "line.".format(path, line, len(row),
+                                   max(position, key=position.get), needed)
                 )
-            yield row
+            yield {c: row[i] for c, i in position.items()}
 
     def _base(self, *parts):
         return os.path.join(self.data_root, self.data_folder, *parts)
@@ -106,10 +140,11 @@ class S4Layout(_AVSBenchObjectLayout):
     csv_name = "s4_meta_data.csv"
     data_folder = "s4_data"
     columns = ("name", "start", "category", "split")
+    used = ("name", "category", "split")
 
-    def clip_dict(self, row):
-        """Dataset dict of one CSV row, without height/width (see load_avs_clips)."""
-        name, category, split = row[0], row[2], row[3]
+    def clip_dict(self, record):
+        """Dataset dict of one metadata record, without height/width (see load_avs_clips)."""
+        name, category, split = record["name"], record["category"], record["split"]
         folder = (split, category, name)
         frames = [self._base("visual_frames", *folder, "{}_{}.png".format(name, k))
                   for k in range(1, self.num_frames + 1)]
@@ -137,10 +172,11 @@ class MS3Layout(_AVSBenchObjectLayout):
     csv_name = "ms3_meta_data.csv"
     data_folder = "ms3_data"
     columns = ("name", "split")
+    used = ("name", "split")
 
-    def clip_dict(self, row):
-        """Dataset dict of one CSV row, without height/width (see load_avs_clips)."""
-        name, split = row[0], row[1]
+    def clip_dict(self, record):
+        """Dataset dict of one metadata record, without height/width (see load_avs_clips)."""
+        name, split = record["name"], record["split"]
         steps = range(1, self.num_frames + 1)
         return {
             "clip_id": name,

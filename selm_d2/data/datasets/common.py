@@ -4,7 +4,17 @@ import os
 
 from PIL import Image
 
-__all__ = ["missing_path_error", "read_csv", "require_file", "image_size", "select_rows"]
+__all__ = [
+    "SPLITS",
+    "NoClipsSelected",
+    "missing_path_error",
+    "read_csv",
+    "require_file",
+    "image_size",
+    "select_rows",
+]
+
+SPLITS = ("train", "val", "test")
 
 _HOW_TO_FIX = (
     "Builtin datasets are found under $DETECTRON2_DATASETS (now {!r}); see datasets/README.md "
@@ -26,19 +36,25 @@ def require_file(path, what):
     return path
 
 
+class NoClipsSelected(ValueError):
+    """A metadata file lists no clip of the requested split (or subset)."""
+
+
 def read_csv(path, what):
-    """Rows of a metadata CSV: (header list, iterator of row lists). Streams the file."""
+    """Rows of a metadata CSV: (first row, iterator of the other rows), cells stripped, blank
+    rows skipped; the first row is usually the header. Streams the file. A UTF-8 byte-order
+    mark (spreadsheet exports) is dropped."""
     require_file(path, what)
 
     def rows():
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
             next(reader, None)
             for row in reader:
                 if any(cell.strip() for cell in row):
                     yield [cell.strip() for cell in row]
 
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:
         header = [cell.strip() for cell in next(csv.reader(f), [])]
     return header, rows()
 
@@ -46,7 +62,8 @@ def read_csv(path, what):
 def select_rows(rows, path, key_name, wanted, key):
     """Yield the rows whose `key(row)` equals `wanted` (all rows when wanted is None).
 
-    Raises ValueError naming the file when no row matches (e.g. a misspelt split).
+    Raises NoClipsSelected (a ValueError) naming the file when no row matches (e.g. a
+    misspelt split, or a split that is not part of the data).
     """
     seen = set()
     matched = False
@@ -58,7 +75,7 @@ def select_rows(rows, path, key_name, wanted, key):
         else:
             seen.add(value)
     if not matched:
-        raise ValueError(
+        raise NoClipsSelected(
             "No clip with {} {!r} in {} (values present: {}).".format(
                 key_name, wanted, path, sorted(seen) or "none")
         )
@@ -76,7 +93,8 @@ def image_size(path):
             width, height = image.size
     except (OSError, ValueError) as e:
         raise ValueError(
-            "Cannot read the image header of {} ({}). Replace the file with a valid "
-            "image.".format(path, e)
+            "Cannot read the image header of {} ({}). Replace the file with a valid image; "
+            "`python -m selm_d2.data.check_avsbench <root>` lists every such file.".format(
+                path, e)
         ) from e
     return height, width

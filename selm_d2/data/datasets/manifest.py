@@ -67,7 +67,7 @@ class ManifestLayout:
 
     def _entries(self, path):
         if path.lower().endswith(".json"):
-            with open(path, encoding="utf-8") as f:
+            with open(path, encoding="utf-8-sig") as f:  # a byte-order mark is dropped
                 try:
                     content = json.load(f)
                 except ValueError as e:
@@ -87,7 +87,7 @@ class ManifestLayout:
                     clip.setdefault("mask_format", default_format)
                 yield clip
             return
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # a byte-order mark is dropped
             reader = csv.DictReader(f)
             missing = [c for c in _REQUIRED if c not in (reader.fieldnames or [])]
             if missing:

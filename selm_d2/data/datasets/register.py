@@ -2,7 +2,8 @@
 
 Registration reads no clip data (at most an AVSS ``label2idx.json``): the loader runs when
 ``DatasetCatalog.get(name)`` is called, so a dataset whose files are absent still registers,
-and loading it raises an error that names the expected path.
+and loading it raises an error that names the expected path. A root may be a function that
+returns the path (builtin names: ``$DETECTRON2_DATASETS/...``), called at every load.
 """
 import logging
 import os
@@ -47,11 +48,16 @@ def build_layout(root, layout, split=None, subset=None):
 
 def load_avs_clips(layout):
     """Dataset dicts (one per clip) of a layout parser, with the frame size read from the
-    first frame's header (no pixel decoding)."""
+    first frame's header (no pixel decoding). A frame that cannot be read stops the loading
+    with an error naming the clip and the file."""
     dicts = []
     for record in layout.records():
         clip = layout.clip_dict(record)
-        clip["height"], clip["width"] = image_size(clip["file_names"][0])
+        try:
+            clip["height"], clip["width"] = image_size(clip["file_names"][0])
+        except (OSError, ValueError) as e:
+            raise type(e)("Clip {!r} of {}: {}".format(
+                clip["clip_id"], layout.metadata_file, e)) from e
         dicts.append(clip)
     logger.info("Loaded %d AVS clips (%s layout) from %s", len(dicts), layout.name,
                 layout.metadata_file)
@@ -90,7 +96,8 @@ def register_avs_dataset(name, root, layout, split=None, subset=None, metadata=N
         name: dataset name, e.g. "my_avs_train".
         root: "avsbench_s4"/"avsbench_ms3": the folder holding ``Single-source/`` or
             ``Multi-sources/`` (or that folder itself); "avss": the folder holding
-            ``metadata.csv``; "manifest": the manifest .json/.csv file.
+            ``metadata.csv``; "manifest": the manifest .json/.csv file. Or a function
+            without arguments returning it, called each time the dataset is loaded.
         layout: "avsbench_s4" | "avsbench_ms3" | "avss" | "manifest".
         split: keep clips of this split only ("train", "val", "test"); None = all.
         subset: "avss" only: "v1s" | "v1m" | "v2"; None = all.
@@ -103,10 +110,14 @@ def register_avs_dataset(name, root, layout, split=None, subset=None, metadata=N
         **kwargs: more Metadata fields (same as entries of `metadata`).
 
     Every dataset's Metadata holds evaluator_type, stuff_classes, stuff_colors,
-    ignore_label (255), layout and dataset_root; num_frames (frames per clip) is set for the
-    AVSBench layouts and for manifests when given.
+    ignore_label (255) and layout; dataset_root when `root` is a path; num_frames (frames
+    per clip) for the AVSBench layouts, and for manifests when given.
     """
-    parser = build_layout(root, layout, split=split, subset=subset)
+    def parser_now():
+        return build_layout(root() if callable(root) else root, layout, split=split,
+                            subset=subset)
+
+    parser = parser_now()
     user = dict(metadata or {}, **kwargs)
     meta = _default_metadata(parser, user)
     meta.update(user)
@@ -116,5 +127,7 @@ def register_avs_dataset(name, root, layout, split=None, subset=None, metadata=N
                                 else avss_palette(len(classes)).tolist())
     meta.setdefault("ignore_label", IGNORE_LABEL)
 
-    DatasetCatalog.register(name, lambda: load_avs_clips(parser))
-    MetadataCatalog.get(name).set(layout=layout, dataset_root=root, **meta)
+    DatasetCatalog.register(name, lambda: load_avs_clips(parser_now()))
+    if not callable(root):
+        meta["dataset_root"] = root
+    MetadataCatalog.get(name).set(layout=layout, **meta)

@@ -21,7 +21,7 @@ $(STAMP): setup.py tools/install_detectron2.py Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check $(TORCH_PINS)
 	$(PY) tools/install_detectron2.py
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,app]'
 	@$(PY) -c "import torch, detectron2, selm_d2; print('installed: torch', torch.__version__, '| detectron2', detectron2.__version__)"
 	@touch $(STAMP)
 

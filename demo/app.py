@@ -277,7 +277,8 @@ def build_page(app, examples=None):
                 swap = gr.Audio(label="Illusion check: also run them with this sound instead", type="filepath",
                                 sources=["upload"], elem_id="swap-input")
                 button = gr.Button("Segment", variant="primary", elem_id="run")
-        status = gr.Markdown(elem_id="status")
+        # Also where progress shows while the results are still hidden.
+        status = gr.Markdown("Upload a clip, then press **Segment**.", min_height=70, elem_id="status")
         outputs = [status]
         with gr.Row(equal_height=False):
             for name in PASSES:
@@ -305,7 +306,7 @@ def build_page(app, examples=None):
             return values
 
         button.click(on_click, inputs=[video, frames, audio, mute, swap], outputs=outputs,
-                     concurrency_limit=1)
+                     show_progress_on=[status], concurrency_limit=1)
     return page
 
 

@@ -137,12 +137,15 @@ def test_bad_uploads_get_a_message(ms3_app, clips, tmp_path):
     _expect_error(ms3_app, "Frame wide.png is 80x64 but the first frame is 64x64", frames=frames[:4] + [wide], audio=wav)
 
 
-def test_a_short_clip_is_padded_and_only_its_own_seconds_are_shown(ms3_app, clips, tmp_path):
+def test_a_short_clip_is_padded_and_only_its_own_seconds_are_shown_with_progress(ms3_app, clips, tmp_path):
     short = str(tmp_path / "three_seconds.wav")
     samples, rate = sf.read(clips["wav"])
     sf.write(short, samples[:3 * rate], rate)
-    status, results = ms3_app.run(None, clips["frames"][:3], short, True, None)
+    steps = []
+    status, results = ms3_app.run(None, clips["frames"][:3], short, True, None,
+                                  progress=lambda fraction, desc: steps.append(desc))
     assert status.startswith("Segmented 3 s of three_seconds.wav"), status
+    assert steps == ["Reading the upload", "Segmenting: with its sound", "Segmenting: muted (silence)"]
     assert set(results) == {"sound", "muted"}
     for result in results.values():
         assert len(re.search(r"per second: ([^%]*) %", result["summary"]).group(1).split(", ")) == 3

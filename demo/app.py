@@ -252,6 +252,7 @@ def example_clips(cfg, count):
 
 
 def build_page(app, examples=None):
+    """The page over a `SelMApp`; `examples` ({label: [frames, sound file]}) fill the inputs."""
     import gradio as gr
 
     avs = app.cfg.INPUT.AVS
@@ -260,22 +261,25 @@ def build_page(app, examples=None):
         gr.Markdown(
             "## SelM: segment what sounds\n"
             "Upload a clip. SelM takes one frame per second and segments the objects making the "
-            "sound. Tick **Mute** or add a **swapped** sound to re-run the same frames without "
-            "their sound: a model that segments by sound, not by look, changes its answer.\n\n"
+            "sound. Tick **Mute** or give a **swapped** sound to re-run the same frames without "
+            "their own sound: a model that segments by sound, not by look, changes its answer.\n\n"
             "Model: `{}` ({} s clips; longer uploads are trimmed, shorter ones padded). "
             "At least {:.0f} s of sound.".format(app.cfg.MODEL.WEIGHTS, avs.NUM_FRAMES, MIN_SOUND_S))
         with gr.Row(equal_height=False):
             with gr.Column():
-                video = gr.Video(label="Video with sound", sources=["upload"], height=260, elem_id="video-input")
+                video = gr.Video(label="Video with sound", sources=["upload"], height=260,
+                                 elem_id="video-input")
             with gr.Column():
-                frames = gr.File(label="…or its frames, one per second (in name order)", file_count="multiple",
-                                 file_types=["image"], height=140, elem_id="frames-input")
+                frames = gr.File(label="…or its frames, one per second (in name order)",
+                                 file_count="multiple", file_types=["image"], height=140,
+                                 elem_id="frames-input")
                 audio = gr.Audio(label="…plus its sound (wav/flac)", type="filepath", sources=["upload"],
                                  elem_id="audio-input")
             with gr.Column():
-                mute = gr.Checkbox(label="Illusion check: also run the same frames muted", elem_id="mute")
-                swap = gr.Audio(label="Illusion check: also run them with this sound instead", type="filepath",
-                                sources=["upload"], elem_id="swap-input")
+                mute = gr.Checkbox(label="Mute (illusion check): also run the same frames in silence",
+                                   elem_id="mute")
+                swap = gr.Audio(label="Swap audio (illusion check): also run them with this sound",
+                                type="filepath", sources=["upload"], elem_id="swap-input")
                 button = gr.Button("Segment", variant="primary", elem_id="run")
         # Also where progress shows while the results are still hidden.
         status = gr.Markdown("Upload a clip, then press **Segment**.", min_height=70, elem_id="status")
@@ -288,8 +292,8 @@ def build_page(app, examples=None):
                         column,
                         gr.Video(label="Overlay", interactive=False, height=300, elem_id=name + "-video"),
                         # the picture labels its rows and seconds itself
-                        gr.Image(show_label=False, format="png", interactive=False, buttons=["download", "fullscreen"],
-                                 elem_id=name + "-strip"),
+                        gr.Image(show_label=False, format="png", interactive=False,
+                                 buttons=["download", "fullscreen"], elem_id=name + "-strip"),
                         gr.Markdown(elem_id=name + "-summary"),
                     ]
         if examples:

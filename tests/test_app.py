@@ -91,7 +91,8 @@ def _random_weights(config, path, seed=0):
     """A checkpoint of the config's untrained model with seeded weights, as train_net.py writes it."""
     torch.manual_seed(seed)
     model = build_model(predictor.setup_cfg(config, []))
-    DetectionCheckpointer(model, save_dir=os.path.dirname(path)).save(os.path.splitext(os.path.basename(path))[0])
+    folder, name = os.path.split(os.path.splitext(path)[0])
+    DetectionCheckpointer(model, save_dir=folder).save(name)
     return path
 
 
@@ -134,7 +135,8 @@ def test_bad_uploads_get_a_message(ms3_app, clips, tmp_path):
     _expect_error(ms3_app, "Cannot read frame broken.png", frames=[str(broken)] + frames[1:], audio=wav)
     wide = str(tmp_path / "wide.png")
     Image.new("RGB", (80, 64)).save(wide)
-    _expect_error(ms3_app, "Frame wide.png is 80x64 but the first frame is 64x64", frames=frames[:4] + [wide], audio=wav)
+    _expect_error(ms3_app, "Frame wide.png is 80x64 but the first frame is 64x64",
+                  frames=frames[:4] + [wide], audio=wav)
 
 
 def test_a_short_clip_is_padded_and_only_its_own_seconds_are_shown_with_progress(ms3_app, clips, tmp_path):
@@ -179,7 +181,7 @@ def server(ms3_weights, clips):
     """`python demo/app.py` on a free localhost port (uploads limited to 1 MB); its URL."""
     port = _free_port()
     log_path = str(clips["root"] / "server.log")
-    env = dict(os.environ, PYTHONPATH=REPO_ROOT, GRADIO_ANALYTICS_ENABLED="False")
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT)
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, os.path.join(REPO_ROOT, "demo", "app.py"), "--config-file", MS3,
                                  "--port", str(port), "--max-upload-mb", "1", "--examples", "0",
@@ -191,7 +193,8 @@ def server(ms3_weights, clips):
         while True:
             if proc.poll() is not None or time.time() > deadline:
                 with open(log_path) as f:
-                    pytest.fail("demo/app.py did not serve {} (exit code {}):\n{}".format(url, proc.poll(), f.read()[-3000:]))
+                    pytest.fail("demo/app.py did not serve {} (exit code {}):\n{}".format(
+                        url, proc.poll(), f.read()[-3000:]))
             try:
                 urllib.request.urlopen(url, timeout=2)
                 break

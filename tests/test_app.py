@@ -261,7 +261,7 @@ def _area(predictor_, clip):
     return "{:.2f}".format(100 * predictor.prediction_masks(predictor_(clip)["sem_seg"]).float().mean().item())
 
 
-def test_page_segments_a_clip_and_the_illusion_check_changes_the_mask(server, browser, clips, ms3_weights):
+def test_page_segments_a_clip_and_the_illusion_check_changes_the_mask(browser, server, clips, ms3_weights):
     from selenium.webdriver.common.by import By
 
     # What the page must show, from the predictor itself; muting must change it.
@@ -290,7 +290,7 @@ def test_page_segments_a_clip_and_the_illusion_check_changes_the_mask(server, br
     assert shown == expected and shown["sound"] != shown["muted"]
 
 
-def test_page_shows_why_an_upload_is_refused(server, browser, clips, tmp_path):
+def test_page_shows_why_an_upload_is_refused(browser, server, clips, tmp_path):
     from selenium.webdriver.common.by import By
 
     browser.get(server)

@@ -19,6 +19,7 @@ class UploadError(ValueError):
 
 
 def ffmpeg_exe():
+    """The ffmpeg binary: IMAGEIO_FFMPEG_EXE, else the wheel's own, else ffmpeg on PATH."""
     try:
         import imageio_ffmpeg
     except ImportError as e:

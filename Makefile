@@ -12,7 +12,7 @@ PY := $(VENV)/bin/python
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.selm_d2-installed
 
-.PHONY: install test demo bench clean-demo
+.PHONY: install test demo bench app clean-demo
 
 install: $(STAMP)
 
@@ -21,7 +21,7 @@ $(STAMP): setup.py tools/install_detectron2.py Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check $(TORCH_PINS)
 	$(PY) tools/install_detectron2.py
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,app]'
 	@$(PY) -c "import torch, detectron2, selm_d2; print('installed: torch', torch.__version__, '| detectron2', detectron2.__version__)"
 	@touch $(STAMP)
 
@@ -33,6 +33,14 @@ demo: install
 
 bench: install
 	$(PY) tools/benchmark.py
+
+# The web demo on http://127.0.0.1:7860 with the AVS-Synth model of `make demo`; trains nothing.
+APP_CONFIG ?= configs/synth/ms3.yaml
+APP_WEIGHTS ?= output/demo/selm/model_final.pth
+APP_ARGS ?=
+app: install
+	@test -f $(APP_WEIGHTS) || { echo "No trained model at $(APP_WEIGHTS). Run 'make demo' first (it trains the AVS-Synth model, about 12 min on 2 CPU cores), or give yours: make app APP_CONFIG=configs/ms3/selm_pvt_v2_b5.yaml APP_WEIGHTS=model_final.pth"; exit 1; }
+	$(PY) demo/app.py --config-file $(APP_CONFIG) $(APP_ARGS) --opts MODEL.WEIGHTS $(APP_WEIGHTS)
 
 clean-demo:
 	rm -rf output/demo datasets/avs_synth

@@ -30,6 +30,10 @@ setup(
     extras_require={
         # CUDA-only fast path for the Mamba blocks of BCSM; needs nvcc and a GPU to build.
         "mamba": ["mamba-ssm>=1.2", "causal-conv1d>=1.2"],
-        "dev": ["pytest>=7"],
+        # The web demo (demo/app.py). gradio 6 accepts Pillow 9 (detectron2 v0.6 needs < 10);
+        # imageio-ffmpeg bundles an ffmpeg binary: nothing is downloaded at run time.
+        "app": ["gradio>=6.31,<7", "imageio-ffmpeg>=0.5"],
+        # selenium drives the system Chromium in tests/test_app.py.
+        "dev": ["pytest>=7", "selenium>=4.11"],
     },
 )

@@ -5,38 +5,34 @@
         --input clip_frames/ --audio clip.wav --output out/ --opts MODEL.WEIGHTS model.pth
 
 ``--input`` is a folder of frames (one per second of audio, sorted by name) or a video file
-(one frame is taken per second, as AVSBench's preprocessing does). Writes ``frame_<k>.png``
-overlays, ``mask_<k>.png`` label maps, ``overlay.mp4`` when OpenCV can encode it, and with
-``--heatmaps`` the BCSM selection maps (paper Fig. 5) as ``heatmap_<level>_<k>.png``.
+(one frame is taken per second, as AVSBench's preprocessing does). The clip is trimmed or
+padded to the config's length as the data pipeline does (``predictor.fit_clip_length``).
+Writes ``frame_<k>.png`` overlays, ``mask_<k>.png`` label maps, ``overlay.mp4`` when OpenCV can
+encode it, and with ``--heatmaps`` the BCSM selection maps (paper Fig. 5) as
+``heatmap_<level>_<k>.png``.
 """
 import argparse
-import glob
 import os
-import re
 import sys
 import tempfile
 
 import cv2
 import numpy as np
-import tqdm
 
-from detectron2.config import get_cfg
-from detectron2.data.detection_utils import read_image
 from detectron2.utils.logger import setup_logger
 
 sys.path.insert(1, os.path.join(sys.path[0], ".."))
-from selm_d2 import add_selm_config  # noqa: E402
-
 from predictor import (  # noqa: E402
     AVSPredictor,
     clip_dict,
-    draw_heatmap,
-    draw_prediction,
+    draw_clip,
+    extract_video_frames,
+    fit_clip_length,
+    list_frames,
     metadata_for,
+    setup_cfg,
     write_image_atomic,
 )
-
-_IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp")
 
 
 def get_parser():
@@ -51,56 +47,6 @@ def get_parser():
                         help="run even when MODEL.WEIGHTS is empty (an untrained model)")
     parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return parser
-
-
-def setup_cfg(args):
-    cfg = get_cfg()
-    add_selm_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    if args.heatmaps:
-        cfg.MODEL.SELM.RETURN_SELECTION_MAPS = True
-    import torch
-
-    if not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"
-    cfg.freeze()
-    return cfg
-
-
-def _natural_key(path):
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", os.path.basename(path))]
-
-
-def list_frames(folder):
-    frames = sorted((p for p in glob.glob(os.path.join(folder, "*")) if p.lower().endswith(_IMAGE_EXTS)),
-                    key=_natural_key)
-    if not frames:
-        raise FileNotFoundError("no frames ({}) in {}".format(", ".join(_IMAGE_EXTS), folder))
-    return frames
-
-
-def extract_video_frames(video, num_frames, out_dir):
-    """One frame per second, at 15/16 of each second as AVSBench's preprocessing samples."""
-    cap = cv2.VideoCapture(video)
-    if not cap.isOpened():
-        raise FileNotFoundError("cannot open video {} (is it a video file OpenCV can decode?)".format(video))
-    fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
-    total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-    paths = []
-    for second in range(num_frames):
-        index = min(int(second * fps + 15 / 16 * fps), max(total - 1, 0))
-        cap.set(cv2.CAP_PROP_POS_FRAMES, index)
-        ok, frame = cap.read()
-        if not ok:
-            break
-        path = os.path.join(out_dir, "{}.png".format(second))
-        cv2.imwrite(path, frame)
-        paths.append(path)
-    cap.release()
-    if not paths:
-        raise ValueError("could not read any frame from {}".format(video))
-    return paths
 
 
 def write_video(frames_rgb, path, fps):
@@ -121,7 +67,7 @@ def write_video(frames_rgb, path, fps):
 
 
 def run(args):
-    cfg = setup_cfg(args)
+    cfg = setup_cfg(args.config_file, args.opts, selection_maps=args.heatmaps)
     predictor = AVSPredictor(cfg, allow_random_weights=args.allow_random_weights)
     metadata = metadata_for(cfg)
     os.makedirs(args.output, exist_ok=True)
@@ -130,21 +76,18 @@ def run(args):
             frame_paths = list_frames(args.input)
         else:
             frame_paths = extract_video_frames(args.input, cfg.INPUT.AVS.NUM_FRAMES, tmp)
-        output = predictor(clip_dict(frame_paths, args.audio, clip_id=os.path.basename(args.input.rstrip("/"))))
-        labels = output["sem_seg_labels"].cpu().numpy()
-        overlays = []
-        for k, path in enumerate(tqdm.tqdm(frame_paths, desc="drawing", unit="frame")):
-            frame = read_image(path, format="RGB")
-            overlay = draw_prediction(frame, labels[k], metadata)
-            overlays.append(overlay)
-            write_image_atomic(os.path.join(args.output, "frame_{}.png".format(k)), overlay)
-            mask = labels[k].astype(np.uint8)
-            if mask.max() <= 1:
-                mask = mask * 255
-            write_image_atomic(os.path.join(args.output, "mask_{}.png".format(k)), mask)
-            for level, maps in output.get("selection_maps", {}).items():
-                heat = draw_heatmap(frame, maps[k].float().cpu().numpy())
-                write_image_atomic(os.path.join(args.output, "heatmap_{}_{}.png".format(level, k)), heat)
+        model_frames, seconds = fit_clip_length(frame_paths, cfg)
+        output = predictor(clip_dict(model_frames, args.audio, clip_id=os.path.basename(args.input.rstrip("/"))))
+        drawn = draw_clip(frame_paths[:seconds], output, metadata)
+    for k, frame in enumerate(drawn):
+        write_image_atomic(os.path.join(args.output, "frame_{}.png".format(k)), frame["overlay"])
+        mask = frame["labels"].astype(np.uint8)
+        if mask.max() <= 1:
+            mask = mask * 255
+        write_image_atomic(os.path.join(args.output, "mask_{}.png".format(k)), mask)
+        for level, heat in frame["heatmaps"].items():
+            write_image_atomic(os.path.join(args.output, "heatmap_{}_{}.png".format(level, k)), heat)
+    overlays = [frame["overlay"] for frame in drawn]
     wrote_video = write_video(overlays, os.path.join(args.output, "overlay.mp4"), args.fps)
     return {"frames": len(overlays), "video": wrote_video}
 

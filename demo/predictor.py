@@ -1,21 +1,52 @@
-"""Run a trained SelM on one clip (frames + audio) and draw the result with detectron2's Visualizer."""
+"""Run a trained SelM on one clip (frames + audio) and draw the result with detectron2's Visualizer.
+
+Shared by the command-line demo (demo.py) and the web demo (app.py): config, frames of a
+clip (a folder or one frame per second of a video), the clip-length policy, prediction and
+drawing.
+"""
+import glob
 import logging
 import os
+import re
 import tempfile
 
 import cv2
 import numpy as np
 import torch
+import tqdm
 
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
+from detectron2.data.detection_utils import read_image
 from detectron2.modeling import build_model
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
+from selm_d2 import add_selm_config
 from selm_d2.data import AVSClipDatasetMapper
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp")
 
 # The colour of "sounding object" for binary models (detectron2 palette's first warm colour).
 _BINARY_COLOR = (1.0, 0.35, 0.1)
+
+
+def setup_cfg(config_file, opts, selection_maps=False):
+    """A frozen SelM config from a file and ``KEY VALUE`` overrides; on CPU when CUDA is absent.
+
+    Args:
+        selection_maps: also return BCSM's selection maps (MODEL.SELM.RETURN_SELECTION_MAPS).
+    """
+    cfg = get_cfg()
+    add_selm_config(cfg)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(opts)
+    if selection_maps:
+        cfg.MODEL.SELM.RETURN_SELECTION_MAPS = True
+    if not torch.cuda.is_available():
+        cfg.MODEL.DEVICE = "cpu"
+    cfg.freeze()
+    return cfg
 
 
 class AVSPredictor:
@@ -81,6 +112,70 @@ def clip_dict(frame_paths, audio_path, clip_id="demo"):
     }
 
 
+def natural_key(path):
+    """Sort key of a file name with numbers compared as numbers ("2.png" before "10.png")."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", os.path.basename(path))]
+
+
+def list_frames(folder):
+    """The frame images of a folder, in natural order of their names."""
+    frames = sorted((p for p in glob.glob(os.path.join(folder, "*")) if p.lower().endswith(IMAGE_EXTS)),
+                    key=natural_key)
+    if not frames:
+        raise FileNotFoundError("no frames ({}) in {}".format(", ".join(IMAGE_EXTS), folder))
+    return frames
+
+
+def extract_video_frames(video, num_frames, out_dir):
+    """One frame per second, at 15/16 of each second as AVSBench's preprocessing samples.
+
+    Takes at most `num_frames` seconds, and only seconds that begin within the video: a last,
+    partial second gets the video's last frame. Frames are decoded in order rather than
+    seeked to, since containers often report frame counts and seek points inexactly.
+    Returns the paths of the PNGs written to `out_dir`.
+    """
+    cap = cv2.VideoCapture(video)
+    if not cap.isOpened():
+        raise FileNotFoundError("cannot open video {} (is it a video file OpenCV can decode?)".format(video))
+    fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+    paths, frame, index = [], None, -1
+    for second in range(num_frames):
+        target = int((second + 15 / 16) * fps)
+        while index < target:
+            ok, decoded = cap.read()
+            if not ok:
+                break
+            frame, index = decoded, index + 1
+        if frame is None or index < second * fps:  # the video ended before this second began
+            break
+        path = os.path.join(out_dir, "{}.png".format(second))
+        cv2.imwrite(path, frame)
+        paths.append(path)
+    cap.release()
+    if not paths:
+        raise ValueError("could not read any frame from {}".format(video))
+    return paths
+
+
+def fit_clip_length(frame_paths, cfg):
+    """The frames to predict for a clip of one frame per second, at the config's clip length.
+
+    The data pipeline trims audio to ``INPUT.AVS.NUM_FRAMES`` seconds and pads short audio by
+    ``INPUT.AVS.AUDIO.SHORT_POLICY``; frames follow the same rule. A longer clip keeps its
+    first NUM_FRAMES frames. A shorter one is passed as it is when the config pads clips
+    (``PAD_TO_FRAMES``, AVSS: the mapper adds padding frames that are not predicted), and
+    otherwise gets its last frame repeated, as "repeat_last" repeats the last audio second.
+
+    Returns:
+        (frame paths for the model, how many of them are the clip's own seconds).
+    """
+    avs = cfg.INPUT.AVS
+    own = list(frame_paths[:avs.NUM_FRAMES])
+    if len(own) < avs.NUM_FRAMES and avs.PAD_TO_FRAMES < avs.NUM_FRAMES:
+        return own + own[-1:] * (avs.NUM_FRAMES - len(own)), len(own)
+    return own, len(own)
+
+
 def draw_prediction(frame_rgb, label_map, metadata):
     """Overlay one frame's labels; returns an RGB uint8 image.
 
@@ -108,6 +203,37 @@ def draw_heatmap(frame_rgb, weight_map):
     norm = (resized - resized.min()) / span if span > 0 else np.zeros_like(resized)
     heat = cv2.applyColorMap((norm * 255).astype(np.uint8), cv2.COLORMAP_JET)[:, :, ::-1]
     return (0.5 * frame_rgb + 0.5 * heat).astype(np.uint8)
+
+
+def finest_level(selection_maps):
+    """The decoder level whose selection maps have the most cells (the most detailed map)."""
+    return max(selection_maps, key=lambda level: selection_maps[level][0].numel())
+
+
+def draw_clip(frame_paths, output, metadata):
+    """Draw a predicted clip frame by frame.
+
+    Args:
+        frame_paths: the clip's frames; the first ``len(frame_paths)`` predicted frames are drawn.
+        output: `AVSPredictor` output of the clip.
+        metadata: the model's class names and colours (`metadata_for`).
+    Returns:
+        list, per frame, of dicts: "frame" (RGB uint8 [H, W, 3]), "overlay" (the prediction
+        drawn on it), "labels" (int64 [H, W]: 1 = sounding, or the AVSS class) and "heatmaps"
+        ({level: BCSM selection map drawn on the frame}; empty without selection maps).
+    """
+    labels = output["sem_seg_labels"].cpu().numpy()
+    maps = output.get("selection_maps", {})
+    drawn = []
+    for k, path in enumerate(tqdm.tqdm(frame_paths, desc="drawing", unit="frame")):
+        frame = read_image(path, format="RGB")
+        drawn.append({
+            "frame": frame,
+            "overlay": draw_prediction(frame, labels[k], metadata),
+            "labels": labels[k],
+            "heatmaps": {level: draw_heatmap(frame, m[k].float().cpu().numpy()) for level, m in maps.items()},
+        })
+    return drawn
 
 
 def write_image_atomic(path, image):

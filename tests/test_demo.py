@@ -18,6 +18,7 @@ from selm_d2.data.synthetic import generate
 
 sys.path.insert(0, os.path.join(REPO_ROOT, "demo"))
 import demo  # noqa: E402
+import predictor  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +72,7 @@ def test_demo_reads_a_video_file(synth_clip, tmp_path):
     writer = cv2.VideoWriter(video, cv2.VideoWriter_fourcc(*"MJPG"), 4, (32, 32))
     if not writer.isOpened():
         pytest.skip("this OpenCV build cannot write MJPG video")
-    for path in sorted(glob.glob(os.path.join(frames, "*.png")), key=demo._natural_key):
+    for path in sorted(glob.glob(os.path.join(frames, "*.png")), key=predictor.natural_key):
         for _ in range(4):  # 4 fps: one second per frame
             writer.write(cv2.imread(path))
     writer.release()
@@ -82,7 +83,7 @@ def test_demo_reads_a_video_file(synth_clip, tmp_path):
 
 def test_demo_missing_frames_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no frames"):
-        demo.list_frames(str(tmp_path))
+        predictor.list_frames(str(tmp_path))
 
 
 def test_demo_refuses_random_weights_unless_asked(synth_clip, tmp_path):
@@ -95,3 +96,31 @@ def test_demo_refuses_random_weights_unless_asked(synth_clip, tmp_path):
     assert not (tmp_path / "out" / "frame_0.png").exists()
     demo.main(args[:-3] + ["--allow-random-weights"] + args[-3:])
     assert (tmp_path / "out" / "frame_0.png").exists()
+
+
+def _synth_cfg(config):
+    return predictor.setup_cfg(os.path.join(REPO_ROOT, "configs", "synth", config), [])
+
+
+def test_clip_length_follows_the_data_pipeline():
+    ms3, avss = _synth_cfg("ms3.yaml"), _synth_cfg("avss.yaml")  # 5 frames; 10 frames, padded
+    frames = ["{}.png".format(k) for k in range(12)]
+    assert predictor.fit_clip_length(frames, ms3) == (frames[:5], 5)
+    assert predictor.fit_clip_length(frames, avss) == (frames[:10], 10)
+    # short clips: repeated last frame (as "repeat_last" audio) unless the mapper pads
+    assert predictor.fit_clip_length(frames[:3], ms3) == (frames[:3] + [frames[2]] * 2, 3)
+    assert predictor.fit_clip_length(frames[:3], avss) == (frames[:3], 3)
+
+
+def test_video_frames_stop_where_the_video_ends(tmp_path):
+    video = str(tmp_path / "short.avi")
+    writer = cv2.VideoWriter(video, cv2.VideoWriter_fourcc(*"MJPG"), 4, (32, 32))
+    if not writer.isOpened():
+        pytest.skip("this OpenCV build cannot write MJPG video")
+    for k in range(14):  # 3.5 s at 4 fps; frame k has grey level 10 * k
+        writer.write(np.full((32, 32, 3), 10 * k, np.uint8))
+    writer.release()
+    paths = predictor.extract_video_frames(video, 5, str(tmp_path))
+    # seconds 0-2 at 15/16 s (frames 3, 7, 11); the partial second 3 gets the last frame (13)
+    levels = [int(cv2.imread(p).mean() / 10 + 0.5) for p in paths]
+    assert levels == [3, 7, 11, 13]

@@ -50,7 +50,7 @@ def render(out_root, num_clips):
     from detectron2.config import get_cfg
     from detectron2.data import DatasetCatalog
     from detectron2.data.detection_utils import read_image
-    from predictor import (AVSPredictor, draw_heatmap, draw_prediction, metadata_for,
+    from predictor import (AVSPredictor, draw_heatmap, draw_prediction, finest_level, metadata_for,
                            write_image_atomic)
 
     from selm_d2 import add_selm_config
@@ -71,7 +71,7 @@ def render(out_root, num_clips):
         labels = out["sem_seg_labels"].cpu().numpy()
         gt = read_clip_masks(clip)
         maps = out.get("selection_maps", {})
-        finest = max(maps, key=lambda name: maps[name][0].numel()) if maps else None
+        finest = finest_level(maps) if maps else None
         row_pred, row_gt, row_heat = [], [], []
         for k, path in enumerate(clip["file_names"]):
             frame = read_image(path, format="RGB")

@@ -46,8 +46,12 @@ def add_selm_config(cfg):
     cfg.MODEL.SELM.BCSM = CN()
     cfg.MODEL.SELM.BCSM.MODE = "bidirectional"  # off | a2v | v2a | bidirectional
     cfg.MODEL.SELM.BCSM.NUM_BLOCKS = 3
-    # Visual features are average-pooled to this grid before the V2A Mamba scan.
+    # Visual features are average-pooled to this grid before the V2A Mamba scan (paper: silent).
     cfg.MODEL.SELM.BCSM.POOL_SIZE = 4
+    # How A2V-SeM's weights select the visual features: "channel" (paper: mirrors V2A-SeM,
+    # per-channel weights from the audio tokens) | "spatial" (ours: a spatial map from a
+    # query/key product of audio and visual features).
+    cfg.MODEL.SELM.BCSM.A2V_SELECTION = "channel"
 
     # Mamba blocks (mamba_ssm.modules.mamba_simple.Mamba hyper-parameters).
     cfg.MODEL.SELM.MAMBA = CN()

@@ -122,7 +122,7 @@ ABLATIONS = [
     ("MODEL.SELM.DAM.MODE", "concat"), ("MODEL.SELM.DAM.MODE", "a2v"),
     ("MODEL.SELM.DAM.MODE", "v2a"), ("MODEL.SELM.DAM.STAGES", ["res4", "res5"]),
     ("MODEL.SELM.BCSM.MODE", "off"), ("MODEL.SELM.BCSM.MODE", "a2v"),
-    ("MODEL.SELM.BCSM.MODE", "v2a"),
+    ("MODEL.SELM.BCSM.MODE", "v2a"), ("MODEL.SELM.BCSM.A2V_SELECTION", "spatial"),
     ("MODEL.SELM.CLEVER.AUDIO_CROSS_ATTN", False), ("MODEL.SELM.CLEVER.VIDEO_CROSS_ATTN", False),
     ("MODEL.SELM.CLEVER.CROSS_LEVEL", False),
     ("MODEL.SELM.LOSS.DICE_WEIGHT", 0.0), ("MODEL.SELM.LOSS.BCE_WEIGHT", 0.0),
@@ -157,8 +157,10 @@ def test_ablation_switches_train(key, value):
     assert grad_norm(model.clever) > 0
 
 
-def test_semantic_padding_frames_and_selection_maps():
-    model = tiny_model("MODEL.SELM.NUM_CLASSES", 3, "MODEL.SELM.RETURN_SELECTION_MAPS", True)
+@pytest.mark.parametrize("selection", ["channel", "spatial"])
+def test_semantic_padding_frames_and_selection_maps(selection):
+    model = tiny_model("MODEL.SELM.NUM_CLASSES", 3, "MODEL.SELM.RETURN_SELECTION_MAPS", True,
+                       "MODEL.SELM.BCSM.A2V_SELECTION", selection)
     batch = [make_clip(t=10, num_classes=3, num_real=5, annotated=[True] + [False] * 9),
              make_clip(t=10, num_classes=2, seed=1)]
     losses, total = train_losses(model, batch)
@@ -183,7 +185,10 @@ def test_semantic_padding_frames_and_selection_maps():
     assert sorted(maps) == ["res3", "res4", "res5"]
     for level, stride in (("res3", 8), ("res4", 16), ("res5", 32)):
         assert maps[level].shape == (5, math.ceil(61 / stride), math.ceil(77 / stride))
-        assert ((maps[level] > 0) & (maps[level] < 1)).all()
+        if selection == "spatial":  # the weight map itself
+            assert ((maps[level] > 0) & (maps[level] < 1)).all()
+        else:  # the energy of the selected features
+            assert (maps[level] >= 0).all() and maps[level].max() > 0
 
 
 def test_padding_frames_and_unannotated_frames_do_not_change_losses():

@@ -60,11 +60,21 @@ def add_selm_config(cfg):
     cfg.MODEL.SELM.MAMBA.D_CONV = 4
     cfg.MODEL.SELM.MAMBA.EXPAND = 2
 
-    # CLEVER: audio-visual Cross-LEVEl Reasoning decoder (Mask2Former-like).
+    # CLEVER: audio-visual Cross-LEVEl Reasoning decoder (Mask2Former-like), the decoder of
+    # SelMHead (MODEL.SEM_SEG_HEAD.NAME "SelMHead").
     cfg.MODEL.SELM.CLEVER = CN()
+    cfg.MODEL.SELM.CLEVER.NAME = "CLEVERDecoder"  # in selm_d2.modeling.SELM_DECODER_REGISTRY
     cfg.MODEL.SELM.CLEVER.IN_FEATURES = ["res3", "res4", "res5"]  # decoded coarse to fine
-    cfg.MODEL.SELM.CLEVER.MASK_IN_FEATURE = "res2"  # finest features for the mask dot product
-    cfg.MODEL.SELM.CLEVER.NUM_QUERIES = 16
+    # Final masks: "dot" (paper: one query per output channel, its dot product with the mixed
+    # features is the logit; NUM_QUERIES must be 1 for binary tasks, NUM_CLASSES + 1 for AVSS)
+    # | "mix" (ours: a 1x1 conv mixes the NUM_QUERIES query maps into the outputs)
+    # | "semantic" (Mask2Former's semantic inference: per-query class scores x query masks).
+    cfg.MODEL.SELM.CLEVER.MASK_HEAD = "dot"
+    # True (ours): the final masks are made at stride 4 after fusing MASK_IN_FEATURE into the
+    # last layer's mixed features. False (paper): the last layer's masks are the final ones.
+    cfg.MODEL.SELM.CLEVER.MASK_FUSION = False
+    cfg.MODEL.SELM.CLEVER.MASK_IN_FEATURE = "res2"  # read only with MASK_FUSION
+    cfg.MODEL.SELM.CLEVER.NUM_QUERIES = 1  # paper: not given; "dot" fixes it (see MASK_HEAD)
     cfg.MODEL.SELM.CLEVER.NHEADS = 8
     cfg.MODEL.SELM.CLEVER.DIM_FEEDFORWARD = 2048
     cfg.MODEL.SELM.CLEVER.DROPOUT = 0.0

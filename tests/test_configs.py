@@ -46,9 +46,9 @@ def test_config_builds(name):
     model = build_on_meta(cfg)
     assert cfg.MODEL.META_ARCHITECTURE == "SelM" and cfg.INPUT.FORMAT == "RGB"
     assert sorted(model.dam) == ["res2", "res3", "res4", "res5"]
-    assert model.clever.layer_levels == ["res5", "res4", "res3"]
+    assert model.sem_seg_head.clever.layer_levels == ["res5", "res4", "res3"]
     outputs = 1 if cfg.MODEL.SELM.NUM_CLASSES == 1 else cfg.MODEL.SELM.NUM_CLASSES + 1
-    assert model.clever.to_logits.out_channels == outputs
+    assert model.sem_seg_head.clever.mask_head.out_channels == outputs
     for dataset in cfg.DATASETS.TRAIN + cfg.DATASETS.TEST:
         assert dataset in DatasetCatalog.list(), (name, dataset)
 

@@ -84,7 +84,7 @@ class _ChannelSeM(nn.Module):
         self.to_weight = nn.Linear(dim, dim)
 
     def forward(self, seq, num_frames):
-        """seq [B, T*n, d], n tokens per frame, time-major -> channel weights [B, T, d] in (0, 1)."""
+        """seq [B, T*n, d], n tokens per frame, time-major -> weights [B, T, d] in (0, 1)."""
         b, _, d = seq.shape
         per_frame = self.mamba(seq).view(b, num_frames, -1, d).mean(dim=2)
         return torch.sigmoid(self.to_weight(per_frame))

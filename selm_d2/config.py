@@ -86,7 +86,10 @@ def add_selm_config(cfg):
     cfg.MODEL.SELM.LOSS = CN()
     cfg.MODEL.SELM.LOSS.DICE_WEIGHT = 1.0
     cfg.MODEL.SELM.LOSS.BCE_WEIGHT = 1.0
-    cfg.MODEL.SELM.LOSS.CE_WEIGHT = 1.0  # AVSS (semantic) only
+    cfg.MODEL.SELM.LOSS.CE_WEIGHT = 1.0  # AVSS with SEMANTIC "ce" only
+    # AVSS (NUM_CLASSES > 1) losses: "bce" (paper: BCE on the one-hot K+1 channels, BCE_WEIGHT,
+    # + auxiliary DICE per channel) | "ce" (ours: softmax CE, CE_WEIGHT, + auxiliary CE).
+    cfg.MODEL.SELM.LOSS.SEMANTIC = "bce"
     cfg.MODEL.SELM.LOSS.AUX_WEIGHTS = [0.001, 0.01, 0.1]  # a_1..a_3 of CLEVER layers
 
     # ---------------------------------------------------------------- input

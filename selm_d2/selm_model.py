@@ -167,6 +167,12 @@ class SelM(nn.Module):
             raise ValueError("MODEL.SELM.LOSS.AUX_WEIGHTS needs one weight per "
                              "MODEL.SELM.CLEVER.IN_FEATURES level ({}), got {}".format(
                                  len(selm.CLEVER.IN_FEATURES), list(selm.LOSS.AUX_WEIGHTS)))
+        if (selm.NUM_CLASSES > 1 and selm.LOSS.SEMANTIC == "bce"
+                and selm.CLEVER.MASK_HEAD == "semantic"):
+            raise ValueError(
+                "MODEL.SELM.LOSS.SEMANTIC 'bce' reads each class channel as an independent "
+                "logit, but MODEL.SELM.CLEVER.MASK_HEAD 'semantic' outputs log-probabilities "
+                "normalised over the classes: use LOSS.SEMANTIC 'ce' with it")
         head_name = cfg.MODEL.SEM_SEG_HEAD.NAME
         if not issubclass(SEM_SEG_HEADS_REGISTRY.get(head_name), SelMHead):
             raise ValueError(

@@ -188,7 +188,8 @@ def test_mask_head_variants_shapes_and_probabilities(mask_head, fusion, num_clas
     model = tiny_model("MODEL.SELM.NUM_CLASSES", num_classes,
                        "MODEL.SELM.CLEVER.MASK_HEAD", mask_head,
                        "MODEL.SELM.CLEVER.NUM_QUERIES", queries,
-                       "MODEL.SELM.CLEVER.MASK_FUSION", fusion)
+                       "MODEL.SELM.CLEVER.MASK_FUSION", fusion,
+                       "MODEL.SELM.LOSS.SEMANTIC", "ce" if mask_head == "semantic" else "bce")
     clip = make_clip(t=3, h=64, w=96, num_classes=num_classes, orig=(50, 70))
     model.eval()
     with torch.no_grad():
@@ -215,7 +216,7 @@ def test_semantic_padding_frames_and_selection_maps(selection):
     batch = [make_clip(t=10, num_classes=3, num_real=5, annotated=[True] + [False] * 9),
              make_clip(t=10, num_classes=2, seed=1)]
     losses, total = train_losses(model, batch)
-    assert sorted(losses) == ["loss_aux_0", "loss_aux_1", "loss_aux_2", "loss_ce"]
+    assert sorted(losses) == ["loss_aux_0", "loss_aux_1", "loss_aux_2", "loss_bce"]
     assert torch.isfinite(total)
 
     model.eval()
@@ -242,15 +243,32 @@ def test_semantic_padding_frames_and_selection_maps(selection):
             assert (maps[level] >= 0).all() and maps[level].max() > 0
 
 
-def test_padding_frames_and_unannotated_frames_do_not_change_losses():
-    model = tiny_model()
-    clip = make_clip(t=5, h=32, w=32, num_real=3, annotated=[True, False, True, True, True])
+SEMANTIC_TASKS = [
+    (), ("MODEL.SELM.NUM_CLASSES", 3, "MODEL.SELM.CLEVER.NUM_QUERIES", 4),
+    ("MODEL.SELM.NUM_CLASSES", 3, "MODEL.SELM.CLEVER.NUM_QUERIES", 4,
+     "MODEL.SELM.LOSS.SEMANTIC", "ce"),
+    ("MODEL.SELM.NUM_CLASSES", 3, "MODEL.SELM.CLEVER.MASK_HEAD", "semantic",
+     "MODEL.SELM.CLEVER.NUM_QUERIES", 3, "MODEL.SELM.LOSS.SEMANTIC", "ce"),
+]
+
+
+@pytest.mark.parametrize("opts", SEMANTIC_TASKS, ids=["binary", "avss-bce", "avss-ce",
+                                                      "avss-semantic-head-ce"])
+def test_padding_frames_and_unannotated_frames_do_not_change_losses(opts):
+    model = tiny_model(*opts)
+    num_classes = 1 if not opts else 3
+    clip = make_clip(t=5, h=32, w=32, num_real=3, annotated=[True, False, True, True, True],
+                     num_classes=num_classes)
+    # Every parameter learns (no unused parameter) with every semantic loss and head.
+    losses, _ = train_losses(model, [clip])
+    assert not [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    model.zero_grad()
     torch.manual_seed(1)
     ref = train_losses(model, [clip])[1].item()
     other = dict(clip)
     other["sem_seg"] = clip["sem_seg"].clone()
-    other["sem_seg"][1] = 1  # unannotated frame (flag False): ignored
-    other["sem_seg"][3:] = 1  # padding frames: ignored
+    other["sem_seg"][1] = num_classes  # unannotated frame (flag False): ignored
+    other["sem_seg"][3:] = num_classes  # padding frames: ignored
     model.zero_grad()
     torch.manual_seed(1)
     assert train_losses(model, [other])[1].item() == pytest.approx(ref, rel=1e-6)
@@ -366,6 +384,9 @@ def test_inference_outputs_on_request():
     (("MODEL.SELM.CLEVER.MASK_FUSION", True, "MODEL.SELM.CLEVER.MASK_IN_FEATURE", "res1"),
      "MASK_IN_FEATURE"),
     (("MODEL.SEM_SEG_HEAD.NAME", "SemSegFPNHead"), "MODEL.SEM_SEG_HEAD.NAME='SemSegFPNHead'"),
+    (("MODEL.SELM.NUM_CLASSES", 3, "MODEL.SELM.CLEVER.MASK_HEAD", "semantic",
+      "MODEL.SELM.CLEVER.NUM_QUERIES", 3), "LOSS.SEMANTIC 'bce'.*MASK_HEAD 'semantic'"),
+    (("MODEL.SELM.LOSS.SEMANTIC", "focal"), "MODEL.SELM.LOSS.SEMANTIC='focal' is unknown"),
 ])
 def test_bad_configs_name_the_key(opts, match):
     with pytest.raises(ValueError, match=match):

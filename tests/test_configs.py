@@ -21,7 +21,7 @@ ALL_CONFIGS = sorted(os.path.relpath(p, CONFIG_DIR)
 PAPER_CONFIGS = ["{}/selm_{}.yaml".format(task, bb) for task in ("s4", "ms3", "avss")
                  for bb in ("R50", "pvt_v2_b5")]
 PLUS_CONFIGS = [name.replace("/selm_", "/selm_plus_") for name in PAPER_CONFIGS]
-SYNTH_CONFIGS = ["synth/s4.yaml", "synth/ms3.yaml", "synth/avss.yaml"]
+SYNTH_CONFIGS = ["synth/s4.yaml", "synth/ms3.yaml", "synth/avss.yaml", "synth/avss70.yaml"]
 BASE_CONFIGS = ["Base-SelM.yaml", "Base-SelM-plus.yaml", "synth/Base-Synth.yaml"]
 # What Base-SelM-plus.yaml changes: (key, value in selm_plus configs).
 PLUS_KEYS = {

@@ -9,8 +9,13 @@ AVSS (K+1 channels), ``MODEL.SELM.LOSS.SEMANTIC``:
 where i runs over the CLEVER layers' intermediate masks (coarse to fine), each upsampled to the
 ground-truth size. For AVSS the paper drops DICE and keeps "the second and third components"
 of Eq. 6: the BCE and the auxiliary term, which Eq. 7 defines as DICE on the intermediate
-masks; "bce" is that, read literally. "ce" treats the classes as exclusive, which is what
-argmax inference assumes.
+masks; "bce" is that, read literally. "ce" (ours) treats the classes as exclusive, which is
+what argmax inference assumes.
+
+Choices where the paper is silent: DICE is the soft DICE of each frame with +1 smoothing in
+numerator and denominator (an empty ground truth gives a finite loss that pushes the
+prediction to 0), averaged over frames (and over channels for AVSS); BCE is averaged over the
+annotated pixels.
 
 Only annotated pixels of annotated frames count: ``frame_flags`` marks frames with ground
 truth (S4 training clips annotate frame 1 only, padding frames have none) and 255 marks ignored

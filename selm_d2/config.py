@@ -3,6 +3,9 @@
 New keys live under SelM's own nodes (``MODEL.SELM``, ``MODEL.PVT``, ``INPUT.AVS``,
 ``TEST.AVS``) so they never collide with detectron2's, on v0.6 or main. The solver keys
 (``SOLVER.OPTIMIZER``, ``SOLVER.BACKBONE_MULTIPLIER``) follow Mask2Former's names.
+
+Where SelM has a paper-literal choice and a variant of ours, the default is the paper's
+(configs/Base-SelM.yaml); configs/Base-SelM-plus.yaml sets ours. The comments say which is which.
 """
 from detectron2.config import CfgNode as CN
 
@@ -85,7 +88,7 @@ def add_selm_config(cfg):
     # Losses (paper §4.5). A weight of 0 switches a term off (paper Table 8).
     cfg.MODEL.SELM.LOSS = CN()
     cfg.MODEL.SELM.LOSS.DICE_WEIGHT = 1.0
-    cfg.MODEL.SELM.LOSS.BCE_WEIGHT = 1.0
+    cfg.MODEL.SELM.LOSS.BCE_WEIGHT = 1.0  # S4/MS3, and AVSS with SEMANTIC "bce"
     cfg.MODEL.SELM.LOSS.CE_WEIGHT = 1.0  # AVSS with SEMANTIC "ce" only
     # AVSS (NUM_CLASSES > 1) losses: "bce" (paper: BCE on the one-hot K+1 channels, BCE_WEIGHT,
     # + auxiliary DICE per channel) | "ce" (ours: softmax CE, CE_WEIGHT, + auxiliary CE).

@@ -75,6 +75,9 @@ def test_from_config_orders_levels_by_stride_and_sets_outputs():
     cfg.MODEL.SELM.CLEVER.IN_FEATURES = ["res3", "res6"]
     with pytest.raises(ValueError, match="IN_FEATURES"):
         CLEVERDecoder(cfg, shapes)
+    cfg.MODEL.SELM.CLEVER.NAME = "FPNDecoder"
+    with pytest.raises(ValueError, match="MODEL.SELM.CLEVER.NAME='FPNDecoder'.*CLEVERDecoder"):
+        build_selm_decoder(cfg, shapes)
 
 
 @pytest.mark.parametrize("out_channels", [1, 5])

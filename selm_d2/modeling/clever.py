@@ -70,7 +70,12 @@ reads), ``visual_levels`` (every level it reads) and ``reads_audio``;
 
 def build_selm_decoder(cfg, input_shape):
     """The decoder named by ``MODEL.SELM.CLEVER.NAME``."""
-    return SELM_DECODER_REGISTRY.get(cfg.MODEL.SELM.CLEVER.NAME)(cfg, input_shape)
+    name = cfg.MODEL.SELM.CLEVER.NAME
+    if name not in SELM_DECODER_REGISTRY:
+        known = sorted(registered for registered, _ in SELM_DECODER_REGISTRY)
+        raise ValueError("MODEL.SELM.CLEVER.NAME={!r} is not in SELM_DECODER_REGISTRY: use one "
+                         "of {}".format(name, ", ".join(known)))
+    return SELM_DECODER_REGISTRY.get(name)(cfg, input_shape)
 
 
 def sine_encoding_1d(positions, dim):

@@ -196,7 +196,8 @@ def draw_prediction(frame_rgb, label_map, metadata):
 
 
 def draw_heatmap(frame_rgb, weight_map):
-    """Blend a [h, w] map in [0, 1] (a BCSM selection map) over the frame as a JET heat map."""
+    """Blend a [h, w] map (a BCSM selection map: weights in (0, 1) or, for channel selection,
+    feature energies) over the frame as a JET heat map, stretched to the map's own range."""
     height, width = frame_rgb.shape[:2]
     resized = cv2.resize(weight_map.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
     span = resized.max() - resized.min()

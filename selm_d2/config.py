@@ -3,6 +3,9 @@
 New keys live under SelM's own nodes (``MODEL.SELM``, ``MODEL.PVT``, ``INPUT.AVS``,
 ``TEST.AVS``) so they never collide with detectron2's, on v0.6 or main. The solver keys
 (``SOLVER.OPTIMIZER``, ``SOLVER.BACKBONE_MULTIPLIER``) follow Mask2Former's names.
+
+Where SelM has a paper-literal choice and a variant of ours, the default is the paper's
+(configs/Base-SelM.yaml); configs/Base-SelM-plus.yaml sets ours. The comments say which is which.
 """
 from detectron2.config import CfgNode as CN
 
@@ -46,8 +49,12 @@ def add_selm_config(cfg):
     cfg.MODEL.SELM.BCSM = CN()
     cfg.MODEL.SELM.BCSM.MODE = "bidirectional"  # off | a2v | v2a | bidirectional
     cfg.MODEL.SELM.BCSM.NUM_BLOCKS = 3
-    # Visual features are average-pooled to this grid before the V2A Mamba scan.
+    # Visual features are average-pooled to this grid before the V2A Mamba scan (paper: silent).
     cfg.MODEL.SELM.BCSM.POOL_SIZE = 4
+    # How A2V-SeM's weights select the visual features: "channel" (paper: mirrors V2A-SeM,
+    # per-channel weights from the audio tokens) | "spatial" (ours: a spatial map from a
+    # query/key product of audio and visual features).
+    cfg.MODEL.SELM.BCSM.A2V_SELECTION = "channel"
 
     # Mamba blocks (mamba_ssm.modules.mamba_simple.Mamba hyper-parameters).
     cfg.MODEL.SELM.MAMBA = CN()
@@ -56,11 +63,21 @@ def add_selm_config(cfg):
     cfg.MODEL.SELM.MAMBA.D_CONV = 4
     cfg.MODEL.SELM.MAMBA.EXPAND = 2
 
-    # CLEVER: audio-visual Cross-LEVEl Reasoning decoder (Mask2Former-like).
+    # CLEVER: audio-visual Cross-LEVEl Reasoning decoder (Mask2Former-like), the decoder of
+    # SelMHead (MODEL.SEM_SEG_HEAD.NAME "SelMHead").
     cfg.MODEL.SELM.CLEVER = CN()
+    cfg.MODEL.SELM.CLEVER.NAME = "CLEVERDecoder"  # in selm_d2.modeling.SELM_DECODER_REGISTRY
     cfg.MODEL.SELM.CLEVER.IN_FEATURES = ["res3", "res4", "res5"]  # decoded coarse to fine
-    cfg.MODEL.SELM.CLEVER.MASK_IN_FEATURE = "res2"  # finest features for the mask dot product
-    cfg.MODEL.SELM.CLEVER.NUM_QUERIES = 16
+    # Final masks: "dot" (paper: one query per output channel, its dot product with the mixed
+    # features is the logit; NUM_QUERIES must be 1 for binary tasks, NUM_CLASSES + 1 for AVSS)
+    # | "mix" (ours: a 1x1 conv mixes the NUM_QUERIES query maps into the outputs)
+    # | "semantic" (Mask2Former's semantic inference: per-query class scores x query masks).
+    cfg.MODEL.SELM.CLEVER.MASK_HEAD = "dot"
+    # True (ours): the final masks are made at stride 4 after fusing MASK_IN_FEATURE into the
+    # last layer's mixed features. False (paper): the last layer's masks are the final ones.
+    cfg.MODEL.SELM.CLEVER.MASK_FUSION = False
+    cfg.MODEL.SELM.CLEVER.MASK_IN_FEATURE = "res2"  # read only with MASK_FUSION
+    cfg.MODEL.SELM.CLEVER.NUM_QUERIES = 1  # paper: not given; "dot" fixes it (see MASK_HEAD)
     cfg.MODEL.SELM.CLEVER.NHEADS = 8
     cfg.MODEL.SELM.CLEVER.DIM_FEEDFORWARD = 2048
     cfg.MODEL.SELM.CLEVER.DROPOUT = 0.0
@@ -71,8 +88,11 @@ def add_selm_config(cfg):
     # Losses (paper §4.5). A weight of 0 switches a term off (paper Table 8).
     cfg.MODEL.SELM.LOSS = CN()
     cfg.MODEL.SELM.LOSS.DICE_WEIGHT = 1.0
-    cfg.MODEL.SELM.LOSS.BCE_WEIGHT = 1.0
-    cfg.MODEL.SELM.LOSS.CE_WEIGHT = 1.0  # AVSS (semantic) only
+    cfg.MODEL.SELM.LOSS.BCE_WEIGHT = 1.0  # S4/MS3, and AVSS with SEMANTIC "bce"
+    cfg.MODEL.SELM.LOSS.CE_WEIGHT = 1.0  # AVSS with SEMANTIC "ce" only
+    # AVSS (NUM_CLASSES > 1) losses: "bce" (paper: BCE on the one-hot K+1 channels, BCE_WEIGHT,
+    # + auxiliary DICE per channel) | "ce" (ours: softmax CE, CE_WEIGHT, + auxiliary CE).
+    cfg.MODEL.SELM.LOSS.SEMANTIC = "bce"
     cfg.MODEL.SELM.LOSS.AUX_WEIGHTS = [0.001, 0.01, 0.1]  # a_1..a_3 of CLEVER layers
 
     # ---------------------------------------------------------------- input

@@ -2,22 +2,24 @@
 
     frames ──stem── res2 ─DAM─ res3 ─DAM─ res4 ─DAM─ res5 ─DAM─┐
     log-mel ─────── conv1 ─┘── conv2 ─┘── conv3 ─┘── conv4 ─┘── fc (embedding)
-        per CLEVER level: 1x1 projections to d -> BCSM (F^s, T^s) -> CLEVER -> masks
+        sem_seg_head (SelMHead): per level projections -> BCSM (F^s, T^s) -> CLEVER -> masks
+        criterion (SelMCriterion)
 
-DAM (Dual Alignment Module) sits between the encoder stages and its outputs feed the next
-stage of *both* encoders (early fusion, paper §4.2). Each CLEVER level gets its visual stage
-features projected to d (1x1 conv + GN) and an audio token per frame, ``Linear(stage tokens)
-+ Linear(VGGish embedding)`` + LayerNorm, so every level sees both the stage's DAM-aligned
-audio and the 128-d embedding. BCSM (Bidirectional Conditioned Selective Mechanism, §4.3)
-selects per level; CLEVER (Cross-LEVEl Reasoning decoder, §4.4) decodes the masks.
+Mask2Former's split: encoders, a head from detectron2's ``SEM_SEG_HEADS_REGISTRY``
+(``MODEL.SEM_SEG_HEAD.NAME`` "SelMHead", ``modeling/head.py``) and a criterion. DAM (Dual
+Alignment Module, §4.2) sits between the encoder stages and its outputs feed the next stage
+of *both* encoders (early fusion), so it lives here with the encoders. The head runs BCSM
+(Bidirectional Conditioned Selective Mechanism, §4.3) and CLEVER (Cross-LEVEl Reasoning
+decoder, §4.4).
 
 Padding frames (``frame_valid`` False; AVSS clips padded to 10 frames) are zeroed after the
-projections as in the official AVSS model, masked out of CLEVER's audio keys, left out of the
-losses and dropped from the outputs.
+head's projections as in the official AVSS model, masked out of CLEVER's audio keys, left out
+of the losses and dropped from the outputs.
 
-Only modules whose outputs reach the loss are built (see ``_plan_fusion``): an ablation that
-drops a consumer (CLEVER's audio cross-attention, cross-level decoding) also drops what only
-fed it, and encoder parts that must keep the pretrained layout but feed nothing are frozen.
+Only modules whose outputs reach the loss are built: the head builds only what its decoder
+reads and says which encoder outputs it reads (``visual_levels``, ``audio_levels``,
+``reads_audio``); ``_plan_fusion`` then drops DAM directions that feed nothing read, and
+encoder parts that must keep the pretrained layout but feed nothing are frozen.
 Multi-process (DDP) training then needs no ``find_unused_parameters``.
 
 Building the model reads no file: pretrained encoders are loaded by the trainer at the start
@@ -32,13 +34,17 @@ from torch import nn
 from torch.nn import functional as F
 
 from detectron2.config import configurable
-from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
+from detectron2.modeling import (
+    META_ARCH_REGISTRY,
+    SEM_SEG_HEADS_REGISTRY,
+    build_backbone,
+    build_sem_seg_head,
+)
 
 from .modeling.audio import VGGish
-from .modeling.bcsm import BCSM, effective_bcsm_mode
-from .modeling.clever import CLEVERDecoder
 from .modeling.criterion import SelMCriterion
 from .modeling.dam import build_dam, dam_writes
+from .modeling.head import SelMHead
 
 __all__ = ["SelM", "OUTPUT_FORMATS"]
 
@@ -46,24 +52,6 @@ logger = logging.getLogger(__name__)
 
 # What inference returns per clip (the optional "output_format" key of an input clip dict).
 OUTPUT_FORMATS = ("probs", "labels")
-
-
-def _visual_projection(in_channels, dim):
-    return nn.Sequential(nn.Conv2d(in_channels, dim, kernel_size=1, bias=False),
-                         nn.GroupNorm(math.gcd(32, dim), dim))
-
-
-class _AudioProjection(nn.Module):
-    """Per-level audio tokens: LayerNorm(Linear(stage tokens) + Linear(embedding)) -> [B, T, d]."""
-
-    def __init__(self, stage_channels, embedding_dim, dim):
-        super().__init__()
-        self.stage = nn.Linear(stage_channels, dim)
-        self.embedding = nn.Linear(embedding_dim, dim)
-        self.norm = nn.LayerNorm(dim)
-
-    def forward(self, stage_tokens, embedding):
-        return self.norm(self.stage(stage_tokens) + self.embedding(embedding))
 
 
 def _plan_fusion(stage_names, dam_mode, dam_stages, read_visual, audio_levels, reads_audio):
@@ -76,9 +64,9 @@ def _plan_fusion(stage_names, dam_mode, dam_stages, read_visual, audio_levels, r
     Args:
         stage_names: paired encoder stages, first to last (visual names).
         dam_mode, dam_stages: MODEL.SELM.DAM.MODE and STAGES.
-        read_visual: visual stages the decoder reads (CLEVER levels + mask level).
-        audio_levels: stages whose audio tokens the decoder reads.
-        reads_audio: whether anything after the encoders reads audio at all.
+        read_visual: visual stages the head reads (``SelMHead.visual_levels``).
+        audio_levels: stages whose audio tokens the head reads (``audio_levels``).
+        reads_audio: whether the head reads audio at all (``reads_audio``).
     Returns:
         ({stage: set of DAM directions to build, subset of {"visual", "audio"} (what it
         writes)}, {stage: (visual stage trains, audio stage trains)}).
@@ -123,9 +111,9 @@ class SelM(nn.Module):
     """SelM for S4/MS3 (binary) and AVSS (semantic) audio-visual segmentation."""
 
     @configurable
-    def __init__(self, *, backbone, audio_encoder, dam, visual_proj, audio_proj, bcsm, clever,
-                 criterion, num_classes, mask_in_feature, level_strides, pixel_mean, pixel_std,
-                 return_selection_maps=False, size_divisibility=32):
+    def __init__(self, *, backbone, audio_encoder, dam, sem_seg_head, criterion, num_classes,
+                 level_strides, pixel_mean, pixel_std, return_selection_maps=False,
+                 size_divisibility=32):
         """
         NOTE: this interface is experimental.
 
@@ -133,37 +121,28 @@ class SelM(nn.Module):
             backbone: staged visual encoder (``stage_names``, ``forward_stem``, ``forward_stage``).
             audio_encoder: staged VGGish; visual stage i is paired with audio stage i.
             dam: nn.ModuleDict {visual stage name: DAM variant}; stages not in it are not fused.
-            visual_proj: nn.ModuleDict {level: 1x1 conv + GN to d} for the CLEVER levels and
-                ``mask_in_feature``.
-            audio_proj: nn.ModuleDict {level: _AudioProjection} for the CLEVER levels; empty
-                when nothing reads audio tokens.
-            bcsm: nn.ModuleDict {level: BCSM} for the CLEVER levels.
-            clever: CLEVERDecoder.
+            sem_seg_head: a ``SelMHead``: ``forward(features, audio_tokens, embedding,
+                frame_valid) -> (outputs, selection maps)``.
             criterion: SelMCriterion.
             num_classes: K (1 = binary).
-            mask_in_feature: the stride-4 level fused into the final masks.
             level_strides: {level: stride}, to crop selection maps to the un-padded frame.
             pixel_mean, pixel_std: per-channel normalisation of the RGB 0..255 input.
-            return_selection_maps: add BCSM's A2V weight maps to inference outputs.
+            return_selection_maps: add BCSM's A2V selection maps to inference outputs.
             size_divisibility: frames are zero-padded (after normalisation) to a multiple.
         """
         super().__init__()
         self.backbone = backbone
         self.audio_encoder = audio_encoder
         self.dam = dam
-        self.visual_proj = visual_proj
-        self.audio_proj = audio_proj
-        self.bcsm = bcsm
-        self.clever = clever
+        self.sem_seg_head = sem_seg_head
         self.criterion = criterion
         self.num_classes = num_classes
-        self.mask_in_feature = mask_in_feature
         self.level_strides = dict(level_strides)
         self.return_selection_maps = return_selection_maps
         self.size_divisibility = size_divisibility
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
-        if return_selection_maps and not all(m.has_selection_map for m in bcsm.values()):
+        if return_selection_maps and not sem_seg_head.has_selection_map:
             raise ValueError("MODEL.SELM.RETURN_SELECTION_MAPS needs the A2V branch of BCSM: "
                              "set MODEL.SELM.BCSM.MODE to 'a2v' or 'bidirectional'")
 
@@ -179,59 +158,51 @@ class SelM(nn.Module):
                 "SelM pairs each visual stage with a VGGish stage ({}), but the backbone runs "
                 "{}: list all of res2..res5 in MODEL.RESNETS.OUT_FEATURES / "
                 "MODEL.PVT.OUT_FEATURES".format(list(audio_encoder.stage_names), stage_names))
-        needed = {"MODEL.SELM.DAM.STAGES": selm.DAM.STAGES,
-                  "MODEL.SELM.CLEVER.IN_FEATURES": selm.CLEVER.IN_FEATURES,
-                  "MODEL.SELM.CLEVER.MASK_IN_FEATURE": [selm.CLEVER.MASK_IN_FEATURE]}
-        for key, names in needed.items():
-            missing = [n for n in names if n not in shapes]
-            if missing:
-                raise ValueError("{} names {} which the backbone does not output (it outputs {}; "
-                                 "see MODEL.RESNETS.OUT_FEATURES / MODEL.PVT.OUT_FEATURES)".format(
-                                     key, missing, sorted(shapes)))
+        missing = [n for n in selm.DAM.STAGES if n not in shapes]
+        if missing:
+            raise ValueError("MODEL.SELM.DAM.STAGES names {} which the backbone does not output "
+                             "(it outputs {}; see MODEL.RESNETS.OUT_FEATURES / "
+                             "MODEL.PVT.OUT_FEATURES)".format(missing, sorted(shapes)))
         if len(selm.LOSS.AUX_WEIGHTS) != len(selm.CLEVER.IN_FEATURES):
             raise ValueError("MODEL.SELM.LOSS.AUX_WEIGHTS needs one weight per "
                              "MODEL.SELM.CLEVER.IN_FEATURES level ({}), got {}".format(
                                  len(selm.CLEVER.IN_FEATURES), list(selm.LOSS.AUX_WEIGHTS)))
+        if (selm.NUM_CLASSES > 1 and selm.LOSS.SEMANTIC == "bce"
+                and selm.CLEVER.MASK_HEAD == "semantic"):
+            raise ValueError(
+                "MODEL.SELM.LOSS.SEMANTIC 'bce' reads each class channel as an independent "
+                "logit, but MODEL.SELM.CLEVER.MASK_HEAD 'semantic' outputs log-probabilities "
+                "normalised over the classes: use LOSS.SEMANTIC 'ce' with it")
+        head_name = cfg.MODEL.SEM_SEG_HEAD.NAME
+        if not issubclass(SEM_SEG_HEADS_REGISTRY.get(head_name), SelMHead):
+            raise ValueError(
+                "MODEL.SEM_SEG_HEAD.NAME={!r} is not a SelM head: SelM needs \"SelMHead\" (or a "
+                "subclass of selm_d2.modeling.SelMHead). detectron2's default is "
+                "SemSegFPNHead; configs/Base-SelM.yaml sets SelMHead.".format(head_name))
+        sem_seg_head = build_sem_seg_head(cfg, shapes)
 
         audio_stage = dict(zip(stage_names, audio_encoder.stage_names))
         audio_channels = {v: audio_encoder.stage_channels[a] for v, a in audio_stage.items()}
-        clever = CLEVERDecoder(cfg, shapes)
-        levels = clever.used_levels
-        bcsm_mode = effective_bcsm_mode(cfg)
-        # Audio tokens are read by CLEVER's audio cross-attention and by BCSM's A2V branch.
-        reads_audio = clever.reads_audio or bcsm_mode in ("a2v", "bidirectional")
         plan, trains = _plan_fusion(
             stage_names, selm.DAM.MODE, selm.DAM.STAGES,
-            read_visual=set(levels) | {selm.CLEVER.MASK_IN_FEATURE},
-            audio_levels=set(levels), reads_audio=reads_audio)
-
+            read_visual=set(sem_seg_head.visual_levels),
+            audio_levels=set(sem_seg_head.audio_levels), reads_audio=sem_seg_head.reads_audio)
         dam = nn.ModuleDict()
         for stage in selm.DAM.STAGES:
             module = build_dam(selm.DAM.MODE, shapes[stage].channels, audio_channels[stage],
                                selm.DAM.DROPOUT, directions=plan[stage])
             if module is not None:
                 dam[stage] = module
-        _freeze_unread_stages(backbone, audio_encoder, trains, audio_stage, reads_audio)
-
-        dim = selm.HIDDEN_DIM
-        embedding_dim = selm.AUDIO.FC_DIMS[-1]
-        visual_proj = nn.ModuleDict({name: _visual_projection(shapes[name].channels, dim)
-                                     for name in levels + [selm.CLEVER.MASK_IN_FEATURE]})
-        audio_proj = nn.ModuleDict({
-            name: _AudioProjection(audio_channels[name], embedding_dim, dim)
-            for name in (levels if reads_audio else [])})
+        _freeze_unread_stages(backbone, audio_encoder, trains, audio_stage,
+                              sem_seg_head.reads_audio)
         return {
             "backbone": backbone,
             "audio_encoder": audio_encoder,
             "dam": dam,
-            "visual_proj": visual_proj,
-            "audio_proj": audio_proj,
-            "bcsm": nn.ModuleDict({name: BCSM(cfg) for name in levels}),
-            "clever": clever,
+            "sem_seg_head": sem_seg_head,
             "criterion": SelMCriterion(cfg),
             "num_classes": selm.NUM_CLASSES,
-            "mask_in_feature": selm.CLEVER.MASK_IN_FEATURE,
-            "level_strides": {name: shapes[name].stride for name in levels},
+            "level_strides": {name: shapes[name].stride for name in sem_seg_head.visual_levels},
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "return_selection_maps": selm.RETURN_SELECTION_MAPS,
@@ -281,25 +252,10 @@ class SelM(nn.Module):
                 x_v, x_a = self.dam[vname](x_v, x_a, num_frames)
             visual[vname] = x_v
             tokens[vname] = x_a.mean(dim=(2, 3)).view(-1, num_frames, x_a.shape[1])
-        if not self.audio_proj:  # nothing reads audio tokens: the embedding is not needed
+        if not self.sem_seg_head.reads_audio:  # the embedding is not needed
             return visual, tokens, None
         embedding = self.audio_encoder.forward_embedding(x_a)
         return visual, tokens, embedding.view(-1, num_frames, embedding.shape[-1])
-
-    def _decode(self, visual, tokens, embedding, valid):
-        """Projections, BCSM per level, CLEVER. Returns (CLEVER outputs, {level: W_v [B,T,h,w]})."""
-        b, t = valid.shape
-        frame_mask = valid.flatten().float()[:, None, None, None]
-        feats, audio, selection = {}, {}, {}
-        for level, bcsm in self.bcsm.items():
-            f = self.visual_proj[level](visual[level]) * frame_mask
-            a = (self.audio_proj[level](tokens[level], embedding) * valid[..., None].float()
-                 if self.audio_proj else None)
-            f_sel, audio[level], selection[level] = bcsm(f.view(b, t, *f.shape[1:]), a)
-            feats[level] = f_sel.flatten(0, 1)
-        mask_level = self.mask_in_feature
-        mask_feats = self.visual_proj[mask_level](visual[mask_level]) * frame_mask
-        return self.clever(feats, mask_feats, audio if self.audio_proj else None, valid), selection
 
     def forward(self, batched_inputs):
         """
@@ -323,7 +279,7 @@ class SelM(nn.Module):
             targets, flags = self._targets(batched_inputs, images.shape[-2:], valid)
         num_frames = valid.shape[1]
         visual, tokens, embedding = self._encode(images, audio, num_frames)
-        outputs, selection = self._decode(visual, tokens, embedding, valid)
+        outputs, selection = self.sem_seg_head(visual, tokens, embedding, valid)
         if self.training:
             return self.criterion(outputs, targets, flags)
         return self._postprocess(outputs["pred_masks"], selection, batched_inputs, valid,

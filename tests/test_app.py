@@ -1,8 +1,9 @@
 """demo/app.py, the web demo: its work in-process (bad uploads, AVSS class names), then the
 served page in headless Chromium (upload, result, illusion check, error messages).
 
-The model is an untrained SelM with seeded weights: every layer between the audio and the
-masks is active, so its prediction depends on the sound. A fixture checks that muting changes
+The model is an untrained SelM with seeded weights, its foreground bias calibrated to half of
+the test clip's pixels: every layer between the audio and the masks is active, so its
+prediction depends on the sound. A fixture checks that muting changes
 the predicted area, so the page's mute check has a difference to show, and the page's numbers
 are compared with the predictor's own.
 
@@ -32,6 +33,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
 from conftest import REPO_ROOT
+from selm_d2.data import AVSClipDatasetMapper
 from selm_d2.data.synthetic import generate
 
 sys.path.insert(0, os.path.join(REPO_ROOT, "demo"))
@@ -87,10 +89,22 @@ def clips(tmp_path_factory):
             "silent_video": silent}
 
 
-def _random_weights(config, path, seed=0):
-    """A checkpoint of the config's untrained model with seeded weights, as train_net.py writes it."""
+def _random_weights(config, path, calibration_clip=None, seed=0):
+    """A checkpoint of the config's untrained model with seeded weights, as train_net.py writes it.
+
+    With a `calibration_clip` (binary "mix" head), the bias of the foreground logit is set so
+    that half of that clip's pixels are foreground: a random model's masks are otherwise often
+    all or nothing, whatever the sound, and the mute check would have nothing to show.
+    """
     torch.manual_seed(seed)
-    model = build_model(predictor.setup_cfg(config, []))
+    cfg = predictor.setup_cfg(config, [])
+    model = build_model(cfg)
+    if calibration_clip is not None:
+        model.eval()
+        with torch.no_grad():
+            clip = AVSClipDatasetMapper(cfg, is_train=False)(calibration_clip)
+            fg = model([clip])[0]["sem_seg"][:, 1].clamp(1e-6, 1 - 1e-6)
+            model.sem_seg_head.clever.mask_head.to_logits.bias -= torch.logit(fg.median())
     folder, name = os.path.split(os.path.splitext(path)[0])
     DetectionCheckpointer(model, save_dir=folder).save(name)
     return path
@@ -98,7 +112,8 @@ def _random_weights(config, path, seed=0):
 
 @pytest.fixture(scope="module")
 def ms3_weights(clips):
-    return _random_weights(MS3, str(clips["root"] / "ms3_model.pth"))
+    return _random_weights(MS3, str(clips["root"] / "ms3_model.pth"),
+                           predictor.clip_dict(clips["frames"], clips["wav"]))
 
 
 def _app(config, weights):

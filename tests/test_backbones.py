@@ -184,8 +184,10 @@ _TORCHVISION_PAIRS = [
 ]
 
 
-@pytest.mark.parametrize("depth, res2", [(18, 64), (50, 256)])
-def test_torchvision_resnet_file_loads(tmp_path, depth, res2):
+# FrozenBN: SelM-plus configs; BN: the paper configs (AVSBench trains ResNet's BatchNorm).
+@pytest.mark.parametrize("depth, res2, norm", [(18, 64, "FrozenBN"), (50, 256, "FrozenBN"),
+                                               (50, 256, "BN")])
+def test_torchvision_resnet_file_loads(tmp_path, depth, res2, norm):
     torch.manual_seed(0)
     tv = getattr(torchvision.models, "resnet{}".format(depth))(weights=None)
     _randomize_batchnorm(tv)
@@ -193,7 +195,7 @@ def test_torchvision_resnet_file_loads(tmp_path, depth, res2):
     torch.save(tv.state_dict(), path)
 
     # torchvision bottlenecks stride in the 3x3 conv: STRIDE_IN_1X1 False reproduces them.
-    backbone = build_backbone(resnet_cfg(depth, 64, res2, norm="FrozenBN", stride_in_1x1=False))
+    backbone = build_backbone(resnet_cfg(depth, 64, res2, norm=norm, stride_in_1x1=False))
     load_visual_weights(backbone, path)
     ours, theirs = backbone.state_dict(), tv.state_dict()
     for tv_name, d2_name in _TORCHVISION_PAIRS:

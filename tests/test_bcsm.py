@@ -4,7 +4,7 @@ import torch
 from detectron2.config import get_cfg
 
 from selm_d2.config import add_selm_config
-from selm_d2.modeling.bcsm import BCSM, BCSM_MODES
+from selm_d2.modeling.bcsm import A2V_SELECTIONS, BCSM, BCSM_MODES
 
 D = 16
 
@@ -23,20 +23,28 @@ def _inputs(b=2, t=5, hw=(3, 4)):
             torch.randn(b, t, D, requires_grad=True))
 
 
+@pytest.mark.parametrize("selection", A2V_SELECTIONS)
 @pytest.mark.parametrize("mode", BCSM_MODES)
 @pytest.mark.parametrize("t", [5, 10])
-def test_modes_shapes_and_gradients(mode, t):
-    bcsm = _bcsm(mode)
+def test_modes_shapes_and_gradients(mode, t, selection):
+    bcsm = _bcsm(mode, a2v_selection=selection)
     feats, audio = _inputs(t=t)
-    f_sel, a_sel, weight = bcsm(feats, audio)
+    f_sel, a_sel, selection_map = bcsm(feats, audio)
     assert f_sel.shape == feats.shape and a_sel.shape == audio.shape
     if mode in ("a2v", "bidirectional"):
         assert bcsm.has_selection_map
-        assert weight.shape == (2, t, 3, 4)
-        assert ((weight > 0) & (weight < 1)).all()
-        assert torch.allclose(f_sel, feats * weight.unsqueeze(2))
+        assert selection_map.shape == (2, t, 3, 4)
+        if selection == "spatial":
+            assert ((selection_map > 0) & (selection_map < 1)).all()
+            assert torch.allclose(f_sel, feats * selection_map.unsqueeze(2))
+        else:
+            # Per-channel weights in (0, 1), the same at every position of a frame.
+            ratio = f_sel / feats
+            assert ((ratio > 0) & (ratio < 1)).all()
+            assert torch.allclose(ratio, ratio[..., :1, :1].expand_as(ratio), atol=1e-5)
+            assert torch.allclose(selection_map, f_sel.abs().mean(dim=2))
     else:
-        assert weight is None and f_sel is feats
+        assert selection_map is None and f_sel is feats
     if mode in ("off", "a2v"):
         assert a_sel is audio
     else:
@@ -49,8 +57,18 @@ def test_modes_shapes_and_gradients(mode, t):
     assert feats.grad.abs().sum() > 0 and audio.grad.abs().sum() > 0
 
 
-def test_selection_is_conditioned_on_the_other_modality():
-    bcsm = _bcsm().eval()
+def test_channel_selection_mirrors_v2a():
+    # The paper's A2V-SeM is V2A-SeM's mirror: the same stack and weight layer on audio tokens.
+    bcsm = _bcsm("bidirectional", a2v_selection="channel")
+    assert type(bcsm.a2v) is type(bcsm.v2a)
+    assert sorted(n for n, _ in bcsm.a2v.named_children()) == ["mamba", "to_weight"]
+    spatial = _bcsm("bidirectional", a2v_selection="spatial")
+    assert sorted(n for n, _ in spatial.a2v.named_children()) == ["key", "mamba", "query"]
+
+
+@pytest.mark.parametrize("selection", A2V_SELECTIONS)
+def test_selection_is_conditioned_on_the_other_modality(selection):
+    bcsm = _bcsm(a2v_selection=selection).eval()
     feats, audio = _inputs()
     _, _, weight = bcsm(feats, audio)
     _, a_sel, weight2 = bcsm(feats, audio + 1.0)
@@ -59,9 +77,10 @@ def test_selection_is_conditioned_on_the_other_modality():
     assert not torch.allclose(a_sel, a_sel2)  # visual selects audio channels
 
 
-def test_trailing_frames_do_not_change_earlier_frames():
+@pytest.mark.parametrize("selection", A2V_SELECTIONS)
+def test_trailing_frames_do_not_change_earlier_frames(selection):
     # The scan is causal along time: trailing padding frames cannot leak into real frames.
-    bcsm = _bcsm().eval()
+    bcsm = _bcsm(a2v_selection=selection).eval()
     feats, audio = _inputs()
     out = bcsm(feats, audio)
     feats2, audio2 = feats.detach().clone(), audio.detach().clone()
@@ -82,6 +101,11 @@ def test_from_config_and_bad_mode():
     bcsm = BCSM(cfg)
     assert bcsm.v2a is None and len(bcsm.a2v.mamba) == 1
     assert bcsm.a2v.mamba[0].mixer.d_state == 4
+    assert bcsm.a2v_selection == "channel"  # the paper's
+    cfg.MODEL.SELM.BCSM.A2V_SELECTION = "pixel"
+    with pytest.raises(ValueError, match="MODEL.SELM.BCSM.A2V_SELECTION.*channel, spatial"):
+        BCSM(cfg)
+    cfg.MODEL.SELM.BCSM.A2V_SELECTION = "spatial"
     cfg.MODEL.SELM.BCSM.MODE = "both"
     with pytest.raises(ValueError, match="MODEL.SELM.BCSM.MODE"):
         BCSM(cfg)

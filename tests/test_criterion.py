@@ -38,8 +38,8 @@ def test_from_config_binary_keys_and_grad():
     assert all(a.grad.abs().sum() > 0 for a in out["aux_masks"])
 
 
-def test_semantic_keys_and_values():
-    crit = _criterion(num_classes=3)
+def test_semantic_ce_keys_and_values():
+    crit = _criterion(num_classes=3, semantic_loss="ce")
     out = _outputs(2, 4)
     gt = torch.randint(0, 4, (2, 16, 20))
     losses = crit(out, gt, torch.ones(2, dtype=torch.bool))
@@ -48,6 +48,56 @@ def test_semantic_keys_and_values():
                                          align_corners=False)
     expected = torch.nn.functional.cross_entropy(up, gt)
     assert torch.allclose(losses["loss_ce"], expected, atol=1e-6)
+
+
+def test_semantic_bce_is_the_paper_reading_of_eq6():
+    # BCE on the one-hot K+1 channels + auxiliary DICE per channel; no CE, no final DICE.
+    crit = _criterion(num_classes=3, aux_weights=[0.0, 0.0, 1.0])
+    out = _outputs(2, 4)
+    gt = torch.randint(0, 4, (2, 16, 20))
+    losses = crit(out, gt, torch.ones(2, dtype=torch.bool))
+    assert sorted(losses) == ["loss_aux_2", "loss_bce"]
+    up = lambda x: torch.nn.functional.interpolate(  # noqa: E731
+        x, size=(16, 20), mode="bilinear", align_corners=False)
+    onehot = torch.nn.functional.one_hot(gt, 4).permute(0, 3, 1, 2).float()
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(up(out["pred_masks"]), onehot)
+    assert torch.allclose(losses["loss_bce"], expected, atol=1e-6)
+    aux = up(out["aux_masks"][2]).flatten(0, 1)
+    expected = dice_loss(aux, onehot.flatten(0, 1), torch.ones_like(aux, dtype=torch.bool))
+    assert torch.allclose(losses["loss_aux_2"], expected, atol=1e-6)
+    total = sum(losses.values())
+    total.backward()
+    assert out["pred_masks"].grad.abs().sum() > 0 and out["aux_masks"][2].grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("semantic_loss", ["bce", "ce"])
+def test_semantic_losses_ignore_unannotated_frames_and_pixels(semantic_loss):
+    crit = _criterion(num_classes=3, semantic_loss=semantic_loss)
+    out = _outputs(3, 4)
+    gt = torch.randint(0, 4, (3, 8, 10))
+    gt[2, :3] = 255
+    flags = torch.tensor([True, False, True])
+    ref = crit(out, gt, flags)
+    changed = gt.clone()
+    changed[1] = (changed[1] + 1) % 4  # unannotated frame
+    for key, value in crit(out, changed, flags).items():
+        assert torch.allclose(value, ref[key]), key
+    # Only frames 0 and 2, and not frame 2's ignored rows (255), enter the BCE.
+    if semantic_loss == "bce":
+        pred = out["pred_masks"][[0, 2]]
+        target = gt[[0, 2]]
+        valid = (target != 255)[:, None].expand(-1, 4, -1, -1)
+        onehot = torch.nn.functional.one_hot(target.clamp(max=3), 4).permute(0, 3, 1, 2).float()
+        manual = torch.nn.functional.binary_cross_entropy_with_logits(pred[valid], onehot[valid])
+        assert torch.allclose(ref["loss_bce"], manual, atol=1e-6)
+
+
+def test_bad_semantic_loss_names_the_key():
+    with pytest.raises(ValueError, match="MODEL.SELM.LOSS.SEMANTIC='dice' is unknown"):
+        _criterion(num_classes=3, semantic_loss="dice")
+    with pytest.raises(ValueError, match="BCE_WEIGHT"):
+        _criterion(num_classes=3, bce_weight=0.0)
+    assert _criterion(num_classes=3, bce_weight=0.0, semantic_loss="ce")
 
 
 def test_only_annotated_frames_and_pixels_count():

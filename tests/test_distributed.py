@@ -14,12 +14,15 @@ from conftest import REPO_ROOT
 from selm_d2.data.synthetic import generate
 
 SYNTH_CONFIG = os.path.join(REPO_ROOT, "configs", "synth", "ms3.yaml")
-# Every switch whose value leaves a module out of the model (paper Tables 3, 4, 5, 7).
+# Every switch whose value leaves a module out of the model (paper Tables 3, 4, 5, 7) or
+# builds another variant of one (the paper-literal and our variants of BCSM and CLEVER).
 BRANCH_ABLATIONS = [
     "MODEL.SELM.CLEVER.AUDIO_CROSS_ATTN=False", "MODEL.SELM.CLEVER.VIDEO_CROSS_ATTN=False",
     "MODEL.SELM.CLEVER.CROSS_LEVEL=False", "MODEL.SELM.BCSM.MODE=off", "MODEL.SELM.BCSM.MODE=a2v",
     "MODEL.SELM.BCSM.MODE=v2a", "MODEL.SELM.DAM.MODE=none", "MODEL.SELM.DAM.MODE=a2v",
-    "MODEL.SELM.DAM.MODE=v2a",
+    "MODEL.SELM.DAM.MODE=v2a", "MODEL.SELM.BCSM.A2V_SELECTION=channel",
+    "MODEL.SELM.CLEVER.MASK_FUSION=False", "MODEL.SELM.CLEVER.MASK_HEAD=semantic",
+    "MODEL.SELM.CLEVER.MASK_HEAD=dot,MODEL.SELM.CLEVER.NUM_QUERIES=1",
 ]
 
 

@@ -15,12 +15,14 @@ from selm_d2.selm_model import SelM
 
 
 def tiny_cfg(*opts):
-    """A SelM small enough for CPU unit tests, from scratch."""
+    """A SelM small enough for CPU unit tests, from scratch; the paper's choices (config.py
+    defaults: channel A2V selection, "dot" mask head with 1 query, no stride-4 fusion)."""
     cfg = get_cfg()
     add_selm_config(cfg)
     cfg.merge_from_list([
         "MODEL.DEVICE", "cpu",
         "MODEL.META_ARCHITECTURE", "SelM",
+        "MODEL.SEM_SEG_HEAD.NAME", "SelMHead",
         "MODEL.PIXEL_MEAN", [123.675, 116.28, 103.53],
         "MODEL.PIXEL_STD", [58.395, 57.12, 57.375],
         "MODEL.BACKBONE.NAME", "StagedResNet",
@@ -39,7 +41,6 @@ def tiny_cfg(*opts):
         "MODEL.SELM.BCSM.POOL_SIZE", 2,
         "MODEL.SELM.MAMBA.D_STATE", 4,
         "MODEL.SELM.MAMBA.IMPL", "torch",
-        "MODEL.SELM.CLEVER.NUM_QUERIES", 4,
         "MODEL.SELM.CLEVER.NHEADS", 2,
         "MODEL.SELM.CLEVER.DIM_FEEDFORWARD", 32,
     ] + list(opts))
@@ -93,8 +94,10 @@ def test_train_reaches_every_module_and_infers_at_original_size(t):
     losses, total = train_losses(model, batch)
     assert sorted(losses) == ["loss_aux_0", "loss_aux_1", "loss_aux_2", "loss_bce", "loss_dice"]
     assert torch.isfinite(total)
-    for name in ("backbone", "audio_encoder", "dam", "bcsm", "clever", "visual_proj", "audio_proj"):
+    for name in ("backbone", "audio_encoder", "dam"):
         assert grad_norm(getattr(model, name)) > 0, name
+    for name in ("bcsm", "clever", "visual_proj", "audio_proj"):
+        assert grad_norm(getattr(model.sem_seg_head, name)) > 0, name
 
     model.eval()
     batch = [make_clip(t=t, orig=(120, 150)), make_clip(t=t, seed=1, orig=(61, 77))]
@@ -117,52 +120,103 @@ def test_frozen_vggish_gets_no_grad_but_dam_before_it_does():
     assert grad_norm(model.dam["res2"].v2a) > 0
 
 
+# Each entry: config options (KEY, VALUE, ...) of one ablation (paper Tables 3-8) or one variant
+# of a module (paper-literal vs ours).
 ABLATIONS = [
     ("MODEL.SELM.DAM.MODE", "none"), ("MODEL.SELM.DAM.MODE", "add"),
     ("MODEL.SELM.DAM.MODE", "concat"), ("MODEL.SELM.DAM.MODE", "a2v"),
     ("MODEL.SELM.DAM.MODE", "v2a"), ("MODEL.SELM.DAM.STAGES", ["res4", "res5"]),
     ("MODEL.SELM.BCSM.MODE", "off"), ("MODEL.SELM.BCSM.MODE", "a2v"),
-    ("MODEL.SELM.BCSM.MODE", "v2a"),
+    ("MODEL.SELM.BCSM.MODE", "v2a"), ("MODEL.SELM.BCSM.A2V_SELECTION", "spatial"),
     ("MODEL.SELM.CLEVER.AUDIO_CROSS_ATTN", False), ("MODEL.SELM.CLEVER.VIDEO_CROSS_ATTN", False),
     ("MODEL.SELM.CLEVER.CROSS_LEVEL", False),
+    ("MODEL.SELM.CLEVER.CROSS_LEVEL", False, "MODEL.SELM.CLEVER.MASK_FUSION", True),
+    ("MODEL.SELM.CLEVER.MASK_FUSION", True),
+    ("MODEL.SELM.CLEVER.MASK_HEAD", "mix", "MODEL.SELM.CLEVER.NUM_QUERIES", 4),
+    ("MODEL.SELM.CLEVER.MASK_HEAD", "semantic", "MODEL.SELM.CLEVER.NUM_QUERIES", 4),
     ("MODEL.SELM.LOSS.DICE_WEIGHT", 0.0), ("MODEL.SELM.LOSS.BCE_WEIGHT", 0.0),
     ("MODEL.SELM.LOSS.AUX_WEIGHTS", [0.0, 0.0, 0.0]),
 ]
 
 
-@pytest.mark.parametrize("key,value", ABLATIONS, ids=["{}={}".format(k.split(".")[-1], v)
-                                                      for k, v in ABLATIONS])
-def test_ablation_switches_train(key, value):
-    model = tiny_model(key, value)
+def _opts_id(opts):
+    return ",".join("{}={}".format(k.split(".")[-1], v) for k, v in zip(opts[::2], opts[1::2]))
+
+
+@pytest.mark.parametrize("opts", ABLATIONS, ids=[_opts_id(o) for o in ABLATIONS])
+def test_ablation_switches_train(opts):
+    model = tiny_model(*opts)
+    head = model.sem_seg_head
+    switches = dict(zip(opts[::2], opts[1::2]))
     losses, total = train_losses(model, [make_clip(t=3, h=32, w=40)])
     assert torch.isfinite(total) and total > 0
     # Only modules whose outputs are read are built, so DDP needs no find_unused_parameters.
     unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert not unused, unused
-    if key == "MODEL.SELM.DAM.MODE" and value == "none":
+    if switches.get("MODEL.SELM.DAM.MODE") == "none":
         assert len(model.dam) == 0
-    if key == "MODEL.SELM.DAM.STAGES":
+    if "MODEL.SELM.DAM.STAGES" in switches:
         assert sorted(model.dam) == ["res4", "res5"]
-    if key == "MODEL.SELM.CLEVER.CROSS_LEVEL":
-        assert sorted(model.bcsm) == ["res3"]
+    if switches.get("MODEL.SELM.CLEVER.CROSS_LEVEL") is False:
+        assert sorted(head.bcsm) == ["res3"]
         # res5's visual output feeds nothing; its audio output still feeds the embedding.
         assert model.dam["res5"].a2v is None and model.dam["res5"].v2a is not None
-    if key == "MODEL.SELM.CLEVER.AUDIO_CROSS_ATTN":
+    # The mask level is read (and projected) only with the stride-4 fusion.
+    fusion = switches.get("MODEL.SELM.CLEVER.MASK_FUSION", False)
+    assert ("res2" in head.visual_proj) == fusion
+    assert (head.clever.mask_mix is not None) == fusion
+    if "MODEL.SELM.CLEVER.AUDIO_CROSS_ATTN" in switches:
         # T^s feeds only the audio cross-attention: BCSM keeps its A2V branch alone.
-        assert all(b.v2a is None and b.a2v is not None for b in model.bcsm.values())
+        assert all(b.v2a is None and b.a2v is not None for b in head.bcsm.values())
+    key = opts[0]
     if key.startswith("MODEL.SELM.LOSS"):
         dropped = {"DICE_WEIGHT": ["loss_dice"], "BCE_WEIGHT": ["loss_bce"],
                    "AUX_WEIGHTS": ["loss_aux_0", "loss_aux_1", "loss_aux_2"]}[key.split(".")[-1]]
         assert not set(dropped) & set(losses)
-    assert grad_norm(model.clever) > 0
+    assert grad_norm(head.clever) > 0
 
 
-def test_semantic_padding_frames_and_selection_maps():
-    model = tiny_model("MODEL.SELM.NUM_CLASSES", 3, "MODEL.SELM.RETURN_SELECTION_MAPS", True)
+MASK_VARIANTS = [("dot", False), ("dot", True), ("mix", False), ("mix", True),
+                 ("semantic", False), ("semantic", True)]
+
+
+@pytest.mark.parametrize("num_classes", [1, 3])
+@pytest.mark.parametrize("mask_head,fusion", MASK_VARIANTS)
+def test_mask_head_variants_shapes_and_probabilities(mask_head, fusion, num_classes):
+    outputs = 1 if num_classes == 1 else num_classes + 1
+    queries = outputs if mask_head == "dot" else 4
+    model = tiny_model("MODEL.SELM.NUM_CLASSES", num_classes,
+                       "MODEL.SELM.CLEVER.MASK_HEAD", mask_head,
+                       "MODEL.SELM.CLEVER.NUM_QUERIES", queries,
+                       "MODEL.SELM.CLEVER.MASK_FUSION", fusion,
+                       "MODEL.SELM.LOSS.SEMANTIC", "ce" if mask_head == "semantic" else "bce")
+    clip = make_clip(t=3, h=64, w=96, num_classes=num_classes, orig=(50, 70))
+    model.eval()
+    with torch.no_grad():
+        images, audio, valid = model._preprocess([clip])
+        visual, tokens, embedding = model._encode(images, audio, 3)
+        raw = model.sem_seg_head(visual, tokens, embedding, valid)[0]
+        probs = model([clip])[0]["sem_seg"]
+    # Final masks at stride 4 with the fusion, else at the last layer's stride 8 (res3).
+    stride = 4 if fusion else 8
+    assert raw["pred_masks"].shape == (3, outputs, 64 // stride, 96 // stride)
+    assert [a.shape[-1] for a in raw["aux_masks"]] == [96 // 32, 96 // 16, 96 // 8]
+    if not fusion:
+        assert raw["pred_masks"] is raw["aux_masks"][-1]
+    assert probs.shape == (3, num_classes + 1, 50, 70)
+    assert probs.min() >= 0 and probs.max() <= 1
+    assert torch.allclose(probs.sum(dim=1), torch.ones(3, 50, 70), atol=1e-5)
+
+
+@pytest.mark.parametrize("selection", ["channel", "spatial"])
+def test_semantic_padding_frames_and_selection_maps(selection):
+    model = tiny_model("MODEL.SELM.NUM_CLASSES", 3, "MODEL.SELM.CLEVER.NUM_QUERIES", 4,
+                       "MODEL.SELM.RETURN_SELECTION_MAPS", True,
+                       "MODEL.SELM.BCSM.A2V_SELECTION", selection)
     batch = [make_clip(t=10, num_classes=3, num_real=5, annotated=[True] + [False] * 9),
              make_clip(t=10, num_classes=2, seed=1)]
     losses, total = train_losses(model, batch)
-    assert sorted(losses) == ["loss_aux_0", "loss_aux_1", "loss_aux_2", "loss_ce"]
+    assert sorted(losses) == ["loss_aux_0", "loss_aux_1", "loss_aux_2", "loss_bce"]
     assert torch.isfinite(total)
 
     model.eval()
@@ -183,18 +237,38 @@ def test_semantic_padding_frames_and_selection_maps():
     assert sorted(maps) == ["res3", "res4", "res5"]
     for level, stride in (("res3", 8), ("res4", 16), ("res5", 32)):
         assert maps[level].shape == (5, math.ceil(61 / stride), math.ceil(77 / stride))
-        assert ((maps[level] > 0) & (maps[level] < 1)).all()
+        if selection == "spatial":  # the weight map itself
+            assert ((maps[level] > 0) & (maps[level] < 1)).all()
+        else:  # the energy of the selected features
+            assert (maps[level] >= 0).all() and maps[level].max() > 0
 
 
-def test_padding_frames_and_unannotated_frames_do_not_change_losses():
-    model = tiny_model()
-    clip = make_clip(t=5, h=32, w=32, num_real=3, annotated=[True, False, True, True, True])
+SEMANTIC_TASKS = [
+    (), ("MODEL.SELM.NUM_CLASSES", 3, "MODEL.SELM.CLEVER.NUM_QUERIES", 4),
+    ("MODEL.SELM.NUM_CLASSES", 3, "MODEL.SELM.CLEVER.NUM_QUERIES", 4,
+     "MODEL.SELM.LOSS.SEMANTIC", "ce"),
+    ("MODEL.SELM.NUM_CLASSES", 3, "MODEL.SELM.CLEVER.MASK_HEAD", "semantic",
+     "MODEL.SELM.CLEVER.NUM_QUERIES", 3, "MODEL.SELM.LOSS.SEMANTIC", "ce"),
+]
+
+
+@pytest.mark.parametrize("opts", SEMANTIC_TASKS, ids=["binary", "avss-bce", "avss-ce",
+                                                      "avss-semantic-head-ce"])
+def test_padding_frames_and_unannotated_frames_do_not_change_losses(opts):
+    model = tiny_model(*opts)
+    num_classes = 1 if not opts else 3
+    clip = make_clip(t=5, h=32, w=32, num_real=3, annotated=[True, False, True, True, True],
+                     num_classes=num_classes)
+    # Every parameter learns (no unused parameter) with every semantic loss and head.
+    losses, _ = train_losses(model, [clip])
+    assert not [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    model.zero_grad()
     torch.manual_seed(1)
     ref = train_losses(model, [clip])[1].item()
     other = dict(clip)
     other["sem_seg"] = clip["sem_seg"].clone()
-    other["sem_seg"][1] = 1  # unannotated frame (flag False): ignored
-    other["sem_seg"][3:] = 1  # padding frames: ignored
+    other["sem_seg"][1] = num_classes  # unannotated frame (flag False): ignored
+    other["sem_seg"][3:] = num_classes  # padding frames: ignored
     model.zero_grad()
     torch.manual_seed(1)
     assert train_losses(model, [other])[1].item() == pytest.approx(ref, rel=1e-6)
@@ -212,7 +286,7 @@ def test_empty_and_unannotated_clips_give_finite_losses():
     losses, total = train_losses(model, [unannotated])
     assert len(losses) == 5 and total.item() == 0.0
     # Still connected to the graph: every decoder parameter has a (zero) gradient.
-    assert all(p.grad is not None for p in model.clever.parameters())
+    assert all(p.grad is not None for p in model.sem_seg_head.clever.parameters())
 
 
 def test_tiny_model_overfits_one_clip():
@@ -263,7 +337,7 @@ def test_nothing_reading_audio_freezes_what_only_feeds_it():
     # No audio cross-attention and no A2V selection: audio tokens reach nothing, so neither the
     # projections nor the last DAM V2A are built, and the VGGish embedding is frozen.
     model = tiny_model("MODEL.SELM.CLEVER.AUDIO_CROSS_ATTN", False, "MODEL.SELM.BCSM.MODE", "v2a")
-    assert len(model.audio_proj) == 0 and model.dam["res5"].v2a is None
+    assert len(model.sem_seg_head.audio_proj) == 0 and model.dam["res5"].v2a is None
     assert not any(p.requires_grad for p in model.audio_encoder.embeddings.parameters())
     train_losses(model, [make_clip(t=3, h=32, w=40)])
     assert not [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
@@ -283,7 +357,7 @@ def test_trains_and_infers_under_autocast():
 
 def test_inference_outputs_on_request():
     """Full-size probabilities by default; a smaller size, or per-pixel labels, on request."""
-    model = tiny_model("MODEL.SELM.NUM_CLASSES", 3).eval()
+    model = tiny_model("MODEL.SELM.NUM_CLASSES", 3, "MODEL.SELM.CLEVER.NUM_QUERIES", 4).eval()
     clip = make_clip(t=3, h=32, w=40, num_classes=3, orig=(61, 77))
     with torch.no_grad():
         full = model([clip])[0]["sem_seg"]
@@ -304,6 +378,15 @@ def test_inference_outputs_on_request():
     (("MODEL.RESNETS.OUT_FEATURES", ["res2", "res3", "res4"]), "OUT_FEATURES"),
     (("MODEL.SELM.DAM.STAGES", ["res6"]), "DAM.STAGES"),
     (("MODEL.SELM.LOSS.AUX_WEIGHTS", [0.1, 0.1]), "AUX_WEIGHTS"),
+    (("MODEL.SELM.CLEVER.NUM_QUERIES", 4), "MASK_HEAD 'dot'.*NUM_QUERIES must equal.* 1 "),
+    (("MODEL.SELM.NUM_CLASSES", 3), "MASK_HEAD 'dot'.*NUM_QUERIES.*NUM_CLASSES \\+ 1"),
+    (("MODEL.SELM.CLEVER.MASK_HEAD", "conv"), "MODEL.SELM.CLEVER.MASK_HEAD='conv' is unknown"),
+    (("MODEL.SELM.CLEVER.MASK_FUSION", True, "MODEL.SELM.CLEVER.MASK_IN_FEATURE", "res1"),
+     "MASK_IN_FEATURE"),
+    (("MODEL.SEM_SEG_HEAD.NAME", "SemSegFPNHead"), "MODEL.SEM_SEG_HEAD.NAME='SemSegFPNHead'"),
+    (("MODEL.SELM.NUM_CLASSES", 3, "MODEL.SELM.CLEVER.MASK_HEAD", "semantic",
+      "MODEL.SELM.CLEVER.NUM_QUERIES", 3), "LOSS.SEMANTIC 'bce'.*MASK_HEAD 'semantic'"),
+    (("MODEL.SELM.LOSS.SEMANTIC", "focal"), "MODEL.SELM.LOSS.SEMANTIC='focal' is unknown"),
 ])
 def test_bad_configs_name_the_key(opts, match):
     with pytest.raises(ValueError, match=match):

@@ -404,6 +404,69 @@ def test_real_avsbench_loaders_read_the_synthetic_layouts(synth_root):
         reregister(None)  # the default: $DETECTRON2_DATASETS/avs_synth when loaded
 
 
+# ------------------------------------------------------------------------------ 70 categories
+def test_coded_categories_differ_in_look_and_in_vggish_log_mel():
+    """AVSBench-semantic's 70: distinct (shape, colour) pairs, and sounds that a nearest
+    template recognises from the mean VGGish log-mel of one second at 10 dB SNR."""
+    from selm_d2.data.audio import waveform_to_examples
+
+    names = S.synth_categories(70)
+    assert names == S.CODED_CATEGORIES and len(set(names)) == 70
+    assert len({S.CATEGORY_LOOKS[n][:2] for n in names}) == 70
+    assert len({S.CODED_SOUNDS[n][0] for n in names}) == 70  # every tone pair is its own
+    t = np.arange(SR) / SR
+
+    def mean_log_mel(name, seed):
+        rng = np.random.default_rng(seed)
+        wave = S._tone_pair(rng, t, *S.CODED_SOUNDS[name]) * S.SOURCE_RMS
+        noise = rng.standard_normal(SR)
+        noise *= np.sqrt(np.mean(wave ** 2) / 10.0 / np.mean(noise ** 2))
+        return waveform_to_examples(wave + noise, SR)[0].mean(axis=0)  # [64]
+
+    templates = np.stack([mean_log_mel(n, 1) for n in names])
+    heard = np.stack([mean_log_mel(n, 2) for n in names])
+    nearest = ((heard[:, None] - templates[None]) ** 2).sum(-1).argmin(axis=1)
+    assert nearest.tolist() == list(range(70))
+
+
+@pytest.mark.parametrize("bad", [3, 71])
+def test_number_of_categories_is_checked(bad, tmp_path):
+    with pytest.raises(ValueError, match="--num-categories must be between 4 and 70"):
+        S.generate(str(tmp_path), layouts=["avss"], num_categories=bad, progress=False)
+
+
+def test_70_category_avss_layout_reads_through_the_registered_names(tmp_path, monkeypatch):
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from selm_d2.data.masks import read_clip_masks
+
+    out = str(tmp_path / "avs_synth70")
+    S.main(["--out", out, "--layouts", "avss", "--clips-per-split", "4", "0", "2",
+            "--size", "32", "--num-categories", "70"])
+    root = os.path.join(out, "AVSS")
+    with open(os.path.join(root, "label2idx.json")) as f:
+        label2idx = json.load(f)
+    assert label2idx == {n: i + 1 for i, n in enumerate(["background"] + S.CODED_CATEGORIES)}
+    with open(os.path.join(root, S.INFO_FILE)) as f:
+        assert json.load(f)["categories"] == S.CODED_CATEGORIES
+
+    # The registered names read $DETECTRON2_DATASETS/avs_synth70 when they are loaded.
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))
+    meta = MetadataCatalog.get("avs_synth70_avss_train")
+    assert meta.stuff_classes == ["background"] + S.CODED_CATEGORIES
+    assert meta.evaluator_type == "avss" and len(meta.stuff_colors) == 71
+    dicts = DatasetCatalog.get("avs_synth70_avss_train")
+    categories = tuple(S.synth_categories(70))
+    expected = [S.plan_clip("avss", "train", i, 0, 32, 10.0, categories) for i in range(4)]
+    assert [d["clip_id"] for d in dicts] == [c.name for c in expected]
+    for d, clip in zip(dicts, expected):
+        masks = read_clip_masks(d)
+        labels = _expected_labels(clip.scene)
+        for t, path in enumerate(d["sem_seg_file_names"]):
+            if path is not None:
+                np.testing.assert_array_equal(masks[t], labels[t])
+
+
 # ------------------------------------------------------------------------------ atomicity
 def _failing_after(n, exc=KeyboardInterrupt):
     real = S._write_clip

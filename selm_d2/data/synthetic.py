@@ -3,10 +3,19 @@
 The generator writes clips in the official AVSBench layouts (S4 ``Single-source/``, MS3
 ``Multi-sources/``, AVSBench-semantic ``AVSS/``), so the real AVSBench loaders are what read
 them. Each clip shows 2-4 objects of distinct categories moving across the frames; every
-category has its own look (colour, shape, stripe pattern) and its own sound, confined to its
-own frequency band. Some objects sound, others are visible but silent distractors, and every
-category is a distractor about as often as it sounds: a visual-only model cannot tell which
-visible object sounds (the paper's "auditory illusion"); only the audio can.
+category has its own look (colour, shape, stripe pattern) and its own sound. Some objects
+sound, others are visible but silent distractors, and every category is a distractor about as
+often as it sounds: a visual-only model cannot tell which visible object sounds (the paper's
+"auditory illusion"); only the audio can.
+
+Categories (``--num-categories``):
+
+- 6 (default, ``SYNTH_CATEGORIES``): hand-made looks and sounds (drum hits, bell partials,
+  siren sweeps, ...), each sound confined to its own sixth of the VGGish mel range.
+- 4..70 (70 = AVSBench-semantic's count; ``CODED_CATEGORIES[:K]``): made-up categories
+  named ``<colour>-<shape>``: a distinct (shape, colour) pair with a stripe angle and period,
+  and a sound made of two steady tones on two of 13 mel slots 5 VGGish mel bins apart (every
+  category its own pair) with an amplitude-modulation rate of 0, 3, 6 or 12 Hz.
 
 - S4 style: exactly one object sounds, for the whole clip.
 - MS3 / AVSS style: each object switches on and off from second to second (a symmetric
@@ -28,6 +37,7 @@ settings): a re-run with the same settings is a no-op, other settings regenerate
 Command line::
 
     python -m selm_d2.data.synthetic --out datasets/avs_synth --layouts s4 ms3 avss
+    python -m selm_d2.data.synthetic --out datasets/avs_synth70 --layouts avss --num-categories 70
 """
 import argparse
 import csv
@@ -39,7 +49,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 import scipy.fft
@@ -47,6 +57,7 @@ import soundfile as sf
 from PIL import Image
 from tqdm import tqdm
 
+from .audio import MEL_MAX_HZ, MEL_MIN_HZ, NUM_MEL_BINS
 from .masks import avss_palette
 
 __all__ = [
@@ -54,6 +65,10 @@ __all__ = [
     "SYNTH_CATEGORIES",
     "SOUND_BANDS_HZ",
     "CATEGORY_LOOKS",
+    "MAX_CATEGORIES",
+    "CODED_CATEGORIES",
+    "CODED_SOUNDS",
+    "synth_categories",
     "INFO_FILE",
     "LAYOUTS",
     "LAYOUT_DIRS",
@@ -102,6 +117,69 @@ CATEGORY_LOOKS = {
     "whistle": ("cross", (35, 205, 215), 90.0, 0.60),
 }
 
+# ---- Made-up categories, up to AVSBench-semantic's 70 (``--num-categories``).
+MAX_CATEGORIES = 70
+_CODED_SHAPES = ("disc", "triangle", "square", "diamond", "ring", "cross")
+_CODED_COLOURS = (
+    ("red", (220, 45, 45)), ("orange", (240, 130, 30)), ("yellow", (235, 215, 40)),
+    ("lime", (150, 225, 40)), ("green", (40, 170, 60)), ("teal", (25, 150, 135)),
+    ("cyan", (40, 210, 225)), ("azure", (50, 135, 235)), ("blue", (45, 55, 205)),
+    ("violet", (135, 60, 220)), ("magenta", (215, 50, 200)), ("pink", (245, 145, 185)),
+)
+_STRIPE_ANGLES = (0.0, 45.0, 90.0, 135.0)
+_STRIPE_PERIODS = (0.35, 0.45, 0.55)
+# Tone slots: the centres of VGGish mel bins 2, 7, ..., 62 (5 bins apart). Category k sounds
+# on slots i and i + d (mod 13), i = k mod 13, d = 6 - k // 13: on a circle of 13 slots
+# every pair has one circular distance d <= 6, so the 70 categories use 70 distinct pairs.
+_NUM_SLOTS = 13
+_AM_RATES_HZ = (0.0, 3.0, 6.0, 12.0)
+_AM_DEPTH = 0.8
+
+
+def _mel_bin_centre_hz(index):
+    """Centre frequency of VGGish mel bin ``index`` (HTK mel, 125-7500 Hz, 64 bins)."""
+    mel = lambda hz: 1127.0 * math.log(1.0 + hz / 700.0)  # noqa: E731
+    low, high = mel(MEL_MIN_HZ), mel(MEL_MAX_HZ)
+    centre = low + (high - low) * (index + 1) / (NUM_MEL_BINS + 1)
+    return 700.0 * (math.exp(centre / 1127.0) - 1.0)
+
+
+def _coded_categories():
+    """[(name, look, (tone_hz, tone_hz), am_rate_hz)] for k = 0..MAX_CATEGORIES-1.
+
+    Shape k mod 6 and colour (k // 6 + k) mod 12 make 72 distinct pairs for k < 72, and the
+    first categories already differ in both.
+    """
+    slots = [_mel_bin_centre_hz(2 + 5 * j) for j in range(_NUM_SLOTS)]
+    out = []
+    for k in range(MAX_CATEGORIES):
+        shape = _CODED_SHAPES[k % len(_CODED_SHAPES)]
+        colour_name, rgb = _CODED_COLOURS[(k // len(_CODED_SHAPES) + k) % len(_CODED_COLOURS)]
+        look = (shape, rgb, _STRIPE_ANGLES[(k // 3) % 4], _STRIPE_PERIODS[k % 3])
+        i, d = k % _NUM_SLOTS, 6 - k // _NUM_SLOTS
+        tones = (slots[min(i, (i + d) % _NUM_SLOTS)], slots[max(i, (i + d) % _NUM_SLOTS)])
+        out.append(("{}-{}".format(colour_name, shape), look, tones, _AM_RATES_HZ[k % 4]))
+    return out
+
+
+CODED_CATEGORIES = [name for name, _, _, _ in _coded_categories()]
+# name -> ((tone_hz, tone_hz), amplitude-modulation rate in Hz; 0 = steady)
+CODED_SOUNDS = {name: (tones, rate) for name, _, tones, rate in _coded_categories()}
+CATEGORY_LOOKS.update({name: look for name, look, _, _ in _coded_categories()})
+
+
+def synth_categories(num_categories=len(SYNTH_CATEGORIES)):
+    """The category names of an AVS-Synth with ``num_categories`` sounding categories: the
+    hand-made SYNTH_CATEGORIES for 6, else the first ``num_categories`` CODED_CATEGORIES."""
+    if num_categories == len(SYNTH_CATEGORIES):
+        return list(SYNTH_CATEGORIES)
+    if not 4 <= num_categories <= MAX_CATEGORIES:
+        # A multi-source clip shows up to 4 objects of distinct categories.
+        raise ValueError("--num-categories must be between 4 and {}, got {}".format(
+            MAX_CATEGORIES, num_categories))
+    return CODED_CATEGORIES[:num_categories]
+
+
 LAYOUTS = ("s4", "ms3", "avss")
 LAYOUT_DIRS = {"s4": "Single-source", "ms3": "Multi-sources", "avss": "AVSS"}
 SPLITS = ("train", "val", "test")
@@ -139,7 +217,7 @@ _TMP_PREFIX = ".avs_synth_tmp_"
 class SceneObject:
     """One object of a clip.
 
-    category: index into SYNTH_CATEGORIES.
+    category: index into the scene's ``categories``.
     centers: float [T, 2] pixel centre (x, y) per frame.
     radii: float [T] radius in pixels per frame.
     sounding: bool [T] whether the object sounds during second t.
@@ -156,7 +234,8 @@ class Scene:
     """Everything that determines a clip's frames, masks and audio.
 
     objects are listed in drawing order (later objects occlude earlier ones); ``seed`` seeds
-    the appearance jitter, the pixel noise, the sound parameters and the audio noise.
+    the appearance jitter, the pixel noise, the sound parameters and the audio noise;
+    ``categories`` are the names the objects' category indices refer to.
     """
 
     size: int
@@ -164,6 +243,7 @@ class Scene:
     objects: List[SceneObject]
     snr_db: float
     seed: int
+    categories: Tuple[str, ...] = tuple(SYNTH_CATEGORIES)
 
     @property
     def sounding(self):
@@ -177,7 +257,7 @@ class Scene:
 
     def sounding_categories(self):
         """Sorted category names that sound at some point of the clip."""
-        return sorted({SYNTH_CATEGORIES[o.category] for o in self.objects if o.sounding.any()})
+        return sorted({self.categories[o.category] for o in self.objects if o.sounding.any()})
 
 
 @dataclass
@@ -248,7 +328,7 @@ def _sample_sounding(rng, style, num_objects, num_frames):
     return sounding
 
 
-def sample_scene(rng, style, num_frames, size, snr_db):
+def sample_scene(rng, style, num_frames, size, snr_db, categories=SYNTH_CATEGORIES):
     """Draw a random scene.
 
     Args:
@@ -258,41 +338,43 @@ def sample_scene(rng, style, num_frames, size, snr_db):
         num_frames: T, one frame per second of audio.
         size: frame height = width in pixels.
         snr_db: background noise level (see the module docstring).
+        categories: the category names to draw from (``synth_categories``).
     """
     if style not in ("single", "multi"):
         raise ValueError("style must be 'single' or 'multi', got {!r}".format(style))
     # Single-source clips show 2-3 objects so the sounding one is ~40% of appearances.
     num_objects = int(rng.integers(2, 4 if style == "single" else 5))
-    categories = rng.choice(len(SYNTH_CATEGORIES), size=num_objects, replace=False)
+    chosen = rng.choice(len(categories), size=num_objects, replace=False)
     centers, radii = _sample_trajectories(rng, num_objects, num_frames, size)
     sounding = _sample_sounding(rng, style, num_objects, num_frames)
     objects = [
-        SceneObject(int(c), centers[i], radii[i], sounding[i]) for i, c in enumerate(categories)
+        SceneObject(int(c), centers[i], radii[i], sounding[i]) for i, c in enumerate(chosen)
     ]
     seed = int(rng.integers(2 ** 63))
     return Scene(size=size, num_frames=num_frames, objects=objects, snr_db=float(snr_db),
-                 seed=seed)
+                 seed=seed, categories=tuple(categories))
 
 
 def _clip_rng(seed, layout, split, index):
     return np.random.default_rng([seed, LAYOUTS.index(layout), SPLITS.index(split), index])
 
 
-def plan_clip(layout, split, index, seed, size, snr_db):
+def plan_clip(layout, split, index, seed, size, snr_db, categories=SYNTH_CATEGORIES):
     """The clip number ``index`` of ``split`` in ``layout``, a pure function of its arguments."""
     rng = _clip_rng(seed, layout, split, index)
     name = "{}_{}_{:05d}".format(layout, split, index)
+    subset = None
     if layout == "s4":
-        return SynthClip(name, split, None, sample_scene(rng, "single", FRAMES_PER_CLIP, size,
-                                                         snr_db))
-    if layout == "ms3":
-        return SynthClip(name, split, None, sample_scene(rng, "multi", FRAMES_PER_CLIP, size,
-                                                         snr_db))
-    names, probs = zip(*AVSS_SUBSET_PROBS)
-    subset = names[rng.choice(len(names), p=probs)]
-    num_frames = AVSS_V2_FRAMES if subset == "v2" else FRAMES_PER_CLIP
-    style = "single" if subset == "v1s" else "multi"
-    return SynthClip(name, split, subset, sample_scene(rng, style, num_frames, size, snr_db))
+        style, num_frames = "single", FRAMES_PER_CLIP
+    elif layout == "ms3":
+        style, num_frames = "multi", FRAMES_PER_CLIP
+    else:
+        names, probs = zip(*AVSS_SUBSET_PROBS)
+        subset = names[rng.choice(len(names), p=probs)]
+        num_frames = AVSS_V2_FRAMES if subset == "v2" else FRAMES_PER_CLIP
+        style = "single" if subset == "v1s" else "multi"
+    return SynthClip(name, split, subset,
+                     sample_scene(rng, style, num_frames, size, snr_db, categories))
 
 
 def _stream(scene, purpose):
@@ -328,7 +410,7 @@ def _object_patches(scene, obj):
     [h, w] the silhouette. Working on the box only keeps rendering ~10x cheaper than full
     frames.
     """
-    shape = CATEGORY_LOOKS[SYNTH_CATEGORIES[obj.category]][0]
+    shape = CATEGORY_LOOKS[scene.categories[obj.category]][0]
     for t in range(scene.num_frames):
         (cx, cy), r = obj.centers[t], obj.radii[t]
         x0, x1 = max(int(cx - r) - 1, 0), min(int(cx + r) + 2, scene.size)
@@ -382,7 +464,7 @@ def render_frames(scene):
     frames, grain = _background(rng, scene.size, scene.num_frames)
     owner = np.full(frames.shape[:3], -1, dtype=np.int8)
     for index, obj in enumerate(scene.objects):
-        _, colour, angle, period = CATEGORY_LOOKS[SYNTH_CATEGORIES[obj.category]]
+        _, colour, angle, period = CATEGORY_LOOKS[scene.categories[obj.category]]
         tint = np.asarray(colour, np.float32) * rng.uniform(0.85, 1.1)
         a = math.radians(angle)
         for t, rows, cols, u, v, inside in _object_patches(scene, obj):
@@ -469,6 +551,15 @@ _SOUNDS = {"engine": _engine, "drum": _drum, "bell": _bell, "siren": _siren, "bi
            "whistle": _whistle}
 
 
+def _tone_pair(rng, t, tones, am_rate):
+    # A coded category: two steady tones (+-1% jitter, random phases), amplitude-modulated at
+    # am_rate Hz when it is not 0; narrow already, so no band-pass.
+    wave = sum(_sine(f * rng.uniform(0.99, 1.01) * t + rng.random()) for f in tones)
+    if am_rate:
+        wave = wave * (1.0 + _AM_DEPTH * _sine(am_rate * t + rng.random()))
+    return wave
+
+
 def _gate(sounding):
     """float32 [T, SAMPLE_RATE], one row per second: 1 in sounding seconds, with
     raised-cosine on/off ramps that stay inside the sounding seconds (so silent seconds
@@ -496,8 +587,8 @@ def render_audio(scene):
     """The clip's soundtrack before mixing.
 
     Returns:
-        signal: float32 [T * 16000], the sum of the sounding objects' sounds (each in its
-            category's band, only during its sounding seconds).
+        signal: float32 [T * 16000], the sum of the sounding objects' sounds (each its
+            category's sound, only during its sounding seconds).
         noise: float32 [T * 16000], white noise at ``scene.snr_db`` below the mean signal
             power of the seconds where something sounds (silent clip: below SOURCE_RMS**2).
     """
@@ -511,12 +602,15 @@ def render_audio(scene):
         on = obj.sounding
         if not on.any():
             continue
-        name = SYNTH_CATEGORIES[obj.category]
-        band = SOUND_BANDS_HZ[name]
-        dry = np.zeros(t.shape, np.float32)
+        name = scene.categories[obj.category]
+        wave = np.zeros(t.shape, np.float32)
         # Synthesised only where the object sounds: the gate is zero elsewhere.
-        dry[on] = _SOUNDS[name](rng, t[on], band) * _gate(on)[on]
-        wave = _band_pass(dry.ravel(), band).reshape(t.shape)
+        if name in _SOUNDS:
+            band = SOUND_BANDS_HZ[name]
+            wave[on] = _SOUNDS[name](rng, t[on], band) * _gate(on)[on]
+            wave = _band_pass(wave.ravel(), band).reshape(t.shape)
+        else:
+            wave[on] = _tone_pair(rng, t[on], *CODED_SOUNDS[name]) * _gate(on)[on]
         gain = SOURCE_RMS * 10.0 ** (rng.uniform(-SOURCE_GAIN_DB, SOURCE_GAIN_DB) / 20.0)
         signal += wave * np.float32(gain / np.sqrt(np.mean(np.square(wave[on], dtype=np.float64))))
         active |= on
@@ -588,7 +682,7 @@ def _write_avss(root, clip, frames, labels):
     """AVSS/<subset>/<uid>/{frames/<i>.jpg, audio.wav, labels_rgb/<i>.png} (0-based);
     v1s train annotates 0.png only, like AVSBench-semantic."""
     folder = os.path.join(root, clip.subset, clip.name)
-    palette = avss_palette(len(SYNTH_CATEGORIES) + 1)
+    palette = avss_palette(len(clip.scene.categories) + 1)
     annotated = 1 if clip.subset == "v1s" and clip.split == "train" else len(frames)
     for i in range(len(frames)):
         _save_image(frames[i], os.path.join(folder, "frames", "{}.jpg".format(i)))
@@ -609,13 +703,13 @@ _CSV = {
 
 def _write_clip(job):
     """Render and write one clip into the layout root ``root``; returns its metadata row."""
-    layout, root, split, index, seed, size, snr_db = job
-    clip = plan_clip(layout, split, index, seed, size, snr_db)
+    layout, root, split, index, seed, size, snr_db, categories = job
+    clip = plan_clip(layout, split, index, seed, size, snr_db, categories)
     frames, owner = render_frames(clip.scene)
     return _WRITERS[layout](root, clip, frames, label_maps(clip.scene, owner))
 
 
-def _info(layout, counts, size, seed, snr_db):
+def _info(layout, counts, size, seed, snr_db, categories):
     return {
         "generator": __name__,
         "version": GENERATOR_VERSION,
@@ -624,7 +718,7 @@ def _info(layout, counts, size, seed, snr_db):
         "size": size,
         "snr_db": snr_db,
         "clips_per_split": {s: counts[s] for s in SPLITS},
-        "categories": SYNTH_CATEGORIES,
+        "categories": list(categories),
     }
 
 
@@ -640,7 +734,7 @@ def _read_info(layout_root):
                 path, e, layout_root)) from e
 
 
-def _write_metadata(root, layout, rows):
+def _write_metadata(root, layout, rows, categories):
     name, header = _CSV[layout]
     with open(os.path.join(root, name), "w", newline="") as f:
         writer = csv.writer(f)
@@ -648,7 +742,7 @@ def _write_metadata(root, layout, rows):
         writer.writerows(rows)
     if layout == "avss":
         # 1-based like AVSBench-semantic's label2idx.json: mask class index = value - 1.
-        label2idx = {n: i + 1 for i, n in enumerate(["background"] + SYNTH_CATEGORIES)}
+        label2idx = {n: i + 1 for i, n in enumerate(["background"] + list(categories))}
         with open(os.path.join(root, "label2idx.json"), "w") as f:
             json.dump(label2idx, f, indent=4)
 
@@ -661,9 +755,9 @@ def _remove_stale_temps(out, layout):
             shutil.rmtree(os.path.join(out, entry), ignore_errors=True)
 
 
-def _generate_layout(out, layout, counts, size, seed, snr_db, workers, progress):
+def _generate_layout(out, layout, counts, size, seed, snr_db, categories, workers, progress):
     final = os.path.join(out, LAYOUT_DIRS[layout])
-    info = _info(layout, counts, size, seed, snr_db)
+    info = _info(layout, counts, size, seed, snr_db, categories)
     if os.path.exists(final):
         existing = _read_info(final)
         if existing is None:
@@ -680,7 +774,7 @@ def _generate_layout(out, layout, counts, size, seed, snr_db, workers, progress)
     # leaves a layout root that looks complete.
     tmp = tempfile.mkdtemp(prefix="{}{}_".format(_TMP_PREFIX, layout), dir=out)
     try:
-        jobs = [(layout, tmp, split, i, seed, size, snr_db)
+        jobs = [(layout, tmp, split, i, seed, size, snr_db, tuple(categories))
                 for split in SPLITS for i in range(counts[split])]
         bar = tqdm(total=len(jobs), desc="AVS-Synth {}".format(layout), unit="clip",
                    disable=not progress)
@@ -696,7 +790,7 @@ def _generate_layout(out, layout, counts, size, seed, snr_db, workers, progress)
                 rows.append(_write_clip(job))
                 bar.update()
         bar.close()
-        _write_metadata(tmp, layout, rows)
+        _write_metadata(tmp, layout, rows, categories)
         with open(os.path.join(tmp, INFO_FILE), "w") as f:
             json.dump(info, f, indent=2)
         if os.path.exists(final):
@@ -714,7 +808,7 @@ def _generate_layout(out, layout, counts, size, seed, snr_db, workers, progress)
 
 
 def generate(out, layouts=LAYOUTS, clips_per_split=None, size=128, seed=0, snr_db=10.0,
-             workers=1, progress=True):
+             workers=1, progress=True, num_categories=len(SYNTH_CATEGORIES)):
     """Write AVS-Synth in the official layouts under ``out``.
 
     ``out/Single-source`` (S4) and ``out/Multi-sources`` (MS3) are what AVSBench calls the
@@ -724,6 +818,8 @@ def generate(out, layouts=LAYOUTS, clips_per_split=None, size=128, seed=0, snr_d
     Args:
         clips_per_split: {split: count}, missing splits take DEFAULT_CLIPS_PER_SPLIT.
         workers: processes; the output does not depend on it.
+        num_categories: sounding categories (``synth_categories``): 6 (the hand-made ones)
+            or 4..70 made-up ones; AVSS layouts write the matching ``label2idx.json``.
     Returns:
         {layout: path of its root}.
     Raises:
@@ -731,6 +827,7 @@ def generate(out, layouts=LAYOUTS, clips_per_split=None, size=128, seed=0, snr_d
             not AVS-Synth data, so it is never overwritten).
     """
     counts = dict(DEFAULT_CLIPS_PER_SPLIT, **(clips_per_split or {}))
+    categories = synth_categories(int(num_categories))
     for layout in layouts:
         if layout not in LAYOUTS:
             raise ValueError("unknown AVS-Synth layout {!r}; choose from {}".format(
@@ -745,7 +842,7 @@ def generate(out, layouts=LAYOUTS, clips_per_split=None, size=128, seed=0, snr_d
         raise NotADirectoryError("AVS-Synth output {} exists and is not a folder".format(out))
     os.makedirs(out, exist_ok=True)
     return {layout: _generate_layout(out, layout, counts, int(size), int(seed), float(snr_db),
-                                     int(workers), progress)
+                                     categories, int(workers), progress)
             for layout in layouts}
 
 
@@ -766,11 +863,16 @@ def main(argv=None):
     parser.add_argument("--snr-db", type=float, default=10.0,
                         help="background noise level below the sounding signal")
     parser.add_argument("--workers", type=int, default=1, help="processes (output unchanged)")
+    parser.add_argument("--num-categories", type=int, default=len(SYNTH_CATEGORIES),
+                        help="sounding categories: 6 (default, hand-made looks and sounds) or "
+                             "4..{} made-up ones (70: AVSBench-semantic's count; register the "
+                             "output as avs_synth70_avss_* under "
+                             "$DETECTRON2_DATASETS/avs_synth70)".format(MAX_CATEGORIES))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     roots = generate(args.out, args.layouts, dict(zip(SPLITS, args.clips_per_split)),
                      size=args.size, seed=args.seed, snr_db=args.snr_db,
-                     workers=max(1, args.workers))
+                     workers=max(1, args.workers), num_categories=args.num_categories)
     for layout, root in roots.items():
         print("{}: {}".format(layout, root))
 

@@ -1,8 +1,10 @@
-"""SelM's modules. Importing this package registers the staged visual backbones."""
+"""SelM's modules. Importing this package registers the staged visual backbones, the SelM head
+(``SEM_SEG_HEADS_REGISTRY``) and the CLEVER decoder (``SELM_DECODER_REGISTRY``)."""
 from .audio import VGGish, load_vggish_weights
 from .backbone import StagedPVTv2, StagedResNet, load_visual_weights
-from .bcsm import BCSM, BCSM_MODES
-from .clever import CLEVERDecoder
+from .bcsm import A2V_SELECTIONS, BCSM, BCSM_MODES
+from .clever import MASK_HEADS, SELM_DECODER_REGISTRY, CLEVERDecoder, build_selm_decoder
 from .criterion import SelMCriterion
 from .dam import DAM_MODES, A2VBlock, DualAlignmentModule, V2ABlock, build_dam
+from .head import SelMHead
 from .mamba import Mamba, MambaBlock

@@ -1,25 +1,38 @@
 """BCSM: Bidirectional Conditioned Selective Mechanism (paper §4.3), one per CLEVER level.
 
-Two symmetric branches, each a stack of Mamba blocks (Mamba + residual + LayerNorm) that
-filters one modality and produces a weight map that *selects* the other:
+Two symmetric branches, each a SeM: a stack of Mamba blocks (Mamba + residual + LayerNorm)
+that filters one modality and produces weights that *select* the other by element-wise
+multiplication:
 
-- V2A-SeM: the visual features, average-pooled to ``p x p`` per frame and read as one
-  time-major sequence ``[B, T*p*p, d]``, go through the Mamba stack; each frame's positions
-  are averaged, a Linear + sigmoid turns them into a channel weight map ``[B, T, d]`` and
-  ``T^s = A ⊙ weight``.
-- A2V-SeM: the audio tokens ``[B, T, d]`` (no pooling) go through the Mamba stack to a
-  per-frame selector ``s_t``; the spatial weight map is
-  ``W_v(t, x, y) = sigmoid(<W_q s_t, W_k F_t(x, y)> / sqrt(d))`` ``[B, T, h, w]`` and
-  ``F^s = F ⊙ W_v``. ``W_v`` is the selection map shown as a heat map (paper Fig. 5).
+- V2A-SeM (paper): the visual features F ``[B, T, d, h, w]``, average-pooled to ``p x p``
+  per frame and read as one time-major sequence ``[B, T*p*p, d]``, go through the Mamba
+  stack; each frame's positions are averaged and a Linear + sigmoid gives channel weights
+  ``[B, T, d]``; ``T^s = A ⊙ weights``.
+- A2V-SeM, ``MODEL.SELM.BCSM.A2V_SELECTION``:
+
+  - ``channel`` (paper: the lower branch "mirrors" the upper one, audio tokens bypassing the
+    pooling): the audio tokens ``[B, T, d]`` go through the same kind of stack, Linear and
+    sigmoid to channel weights ``w [B, T, d]``; ``F^s = F ⊙ w`` (broadcast over positions).
+  - ``spatial`` (ours): the stack's output is a per-frame selector ``s_t`` and the weights
+    are a spatial map ``W_v(t, x, y) = sigmoid(<W_q s_t, W_k F_t(x, y)> / sqrt(d))``
+    ``[B, T, h, w]``; ``F^s = F ⊙ W_v``. Extra query/key projections the paper does not have.
+
+- Selection map (``MODEL.SELM.RETURN_SELECTION_MAPS``, heat maps of paper Fig. 5, which shows
+  feature maps with and without BCSM): ``spatial`` returns ``W_v`` (in (0, 1)); ``channel``
+  returns the per-position energy of the selected features, ``mean_c |F^s|`` ``[B, T, h, w]``
+  (not bounded; the demo normalises each map for display).
 
 Choices where the paper is silent:
 
+- V2A pooling: the paper says "average pooling" to sequences; the grid p (``POOL_SIZE``, 4)
+  and the time-major order of the sequence (all positions of frame 1, then frame 2, ...) are
+  ours, and the Mamba outputs are averaged per frame before the Linear + sigmoid.
+- The Mamba scan is causal along time (one direction, as mamba-ssm's). Padding frames
+  (AVSS clips padded to 10 frames) are trailing, so they cannot change real frames' weights.
 - Selection is a pure multiplication (no residual), as the paper describes it: everything
   after BCSM (CLEVER) is trained from scratch, so there are no pretrained statistics to
   protect, and a residual ``F + F ⊙ W`` could never suppress a silent object below 1x, which
   is what the module exists for.
-- The Mamba scan is causal along time. Padding frames (AVSS clips padded to 10 frames) are
-  trailing, so they cannot change real frames' weights.
 - Modes (paper Table 7): ``bidirectional`` (both), ``a2v`` (select visual only),
   ``v2a`` (select audio only), ``off`` (identity; no selection map).
 - T^s feeds only CLEVER's audio cross-attention: with ``CLEVER.AUDIO_CROSS_ATTN`` off the
@@ -35,9 +48,10 @@ from detectron2.config import configurable
 
 from .mamba import MambaBlock
 
-__all__ = ["BCSM", "BCSM_MODES", "effective_bcsm_mode"]
+__all__ = ["BCSM", "BCSM_MODES", "A2V_SELECTIONS", "effective_bcsm_mode"]
 
 BCSM_MODES = ("off", "a2v", "v2a", "bidirectional")
+A2V_SELECTIONS = ("channel", "spatial")
 
 
 def effective_bcsm_mode(cfg):
@@ -52,26 +66,32 @@ def _mamba_stack(dim, num_blocks, mamba_kwargs):
     return nn.Sequential(*[MambaBlock(dim, **mamba_kwargs) for _ in range(num_blocks)])
 
 
-class _V2ASeM(nn.Module):
-    """Visual features -> Mamba stack -> channel weights that select audio tokens."""
+def _pooled_sequence(feats, pool_size):
+    """feats [B, T, d, h, w] -> [B, T*p*p, d]: each frame average-pooled to p x p, time-major."""
+    b, t, d = feats.shape[:3]
+    pooled = F.adaptive_avg_pool2d(feats.flatten(0, 1), pool_size)  # [B*T, d, p, p]
+    return pooled.flatten(2).transpose(1, 2).reshape(b, -1, d)
 
-    def __init__(self, dim, num_blocks, pool_size, mamba_kwargs):
+
+class _ChannelSeM(nn.Module):
+    """A SeM branch with channel weights: a token sequence -> Mamba stack -> per-frame mean ->
+    Linear -> sigmoid. V2A-SeM runs it on the pooled visual features, A2V-SeM ("channel") on
+    the audio tokens (one per frame, nothing to pool): the paper's two mirrored branches."""
+
+    def __init__(self, dim, num_blocks, mamba_kwargs):
         super().__init__()
-        self.pool_size = pool_size
         self.mamba = _mamba_stack(dim, num_blocks, mamba_kwargs)
         self.to_weight = nn.Linear(dim, dim)
 
-    def forward(self, feats):
-        """feats [B, T, d, h, w] -> audio channel weights [B, T, d] in (0, 1)."""
-        b, t, d = feats.shape[:3]
-        pooled = F.adaptive_avg_pool2d(feats.flatten(0, 1), self.pool_size)  # [B*T, d, p, p]
-        seq = pooled.flatten(2).transpose(1, 2).reshape(b, -1, d)  # [B, T*p*p, d], time-major
-        per_frame = self.mamba(seq).view(b, t, -1, d).mean(dim=2)
+    def forward(self, seq, num_frames):
+        """seq [B, T*n, d], n tokens per frame, time-major -> weights [B, T, d] in (0, 1)."""
+        b, _, d = seq.shape
+        per_frame = self.mamba(seq).view(b, num_frames, -1, d).mean(dim=2)
         return torch.sigmoid(self.to_weight(per_frame))
 
 
-class _A2VSeM(nn.Module):
-    """Audio tokens -> Mamba stack -> per-frame selector -> spatial weights on the frame."""
+class _SpatialA2VSeM(nn.Module):
+    """Audio tokens -> Mamba stack -> per-frame selector -> spatial weights on the frame (ours)."""
 
     def __init__(self, dim, num_blocks, mamba_kwargs):
         super().__init__()
@@ -92,13 +112,15 @@ class BCSM(nn.Module):
     """Bidirectional Conditioned Selective Mechanism for one feature level."""
 
     @configurable
-    def __init__(self, *, dim, mode="bidirectional", num_blocks=3, pool_size=4, mamba_kwargs=None):
+    def __init__(self, *, dim, mode="bidirectional", a2v_selection="channel", num_blocks=3,
+                 pool_size=4, mamba_kwargs=None):
         """
         NOTE: this interface is experimental.
 
         Args:
             dim: feature width d of both modalities.
             mode: one of ``BCSM_MODES``.
+            a2v_selection: one of ``A2V_SELECTIONS``: how A2V-SeM's weights select F.
             num_blocks: Mamba blocks per branch (paper: 3).
             pool_size: visual features are average-pooled to pool_size x pool_size per frame
                 before the V2A scan.
@@ -108,11 +130,17 @@ class BCSM(nn.Module):
         if mode not in BCSM_MODES:
             raise ValueError("MODEL.SELM.BCSM.MODE={!r} is unknown: use one of {}".format(
                 mode, ", ".join(BCSM_MODES)))
+        if a2v_selection not in A2V_SELECTIONS:
+            raise ValueError("MODEL.SELM.BCSM.A2V_SELECTION={!r} is unknown: use one of {}".format(
+                a2v_selection, ", ".join(A2V_SELECTIONS)))
         mamba_kwargs = mamba_kwargs or {}
         self.mode = mode
-        self.v2a = (_V2ASeM(dim, num_blocks, pool_size, mamba_kwargs)
+        self.a2v_selection = a2v_selection
+        self.pool_size = pool_size
+        self.v2a = (_ChannelSeM(dim, num_blocks, mamba_kwargs)
                     if mode in ("v2a", "bidirectional") else None)
-        self.a2v = (_A2VSeM(dim, num_blocks, mamba_kwargs)
+        a2v_cls = _ChannelSeM if a2v_selection == "channel" else _SpatialA2VSeM
+        self.a2v = (a2v_cls(dim, num_blocks, mamba_kwargs)
                     if mode in ("a2v", "bidirectional") else None)
 
     @classmethod
@@ -121,6 +149,7 @@ class BCSM(nn.Module):
         return {
             "dim": cfg.MODEL.SELM.HIDDEN_DIM,
             "mode": effective_bcsm_mode(cfg),
+            "a2v_selection": cfg.MODEL.SELM.BCSM.A2V_SELECTION,
             "num_blocks": cfg.MODEL.SELM.BCSM.NUM_BLOCKS,
             "pool_size": cfg.MODEL.SELM.BCSM.POOL_SIZE,
             "mamba_kwargs": {"d_state": mamba.D_STATE, "d_conv": mamba.D_CONV,
@@ -131,16 +160,29 @@ class BCSM(nn.Module):
     def has_selection_map(self):
         return self.a2v is not None
 
+    @property
+    def reads_audio(self):
+        """Whether forward() reads the audio tokens (either branch is built)."""
+        return self.a2v is not None or self.v2a is not None
+
     def forward(self, feats, audio):
         """
         Args:
             feats: F, visual features [B, T, d, h, w].
             audio: A, audio tokens [B, T, d].
         Returns:
-            (F^s [B, T, d, h, w], T^s [B, T, d], W_v [B, T, h, w] or None when A2V is off).
+            (F^s [B, T, d, h, w], T^s [B, T, d], selection map [B, T, h, w] or None when A2V
+            is off). The map is the spatial weight map W_v ("spatial"), or the per-position
+            energy of the selected features, mean_c |F^s| ("channel": the paper's Fig. 5
+            compares feature maps with and without BCSM).
         """
-        selected_audio = audio if self.v2a is None else audio * self.v2a(feats)
+        num_frames = feats.shape[1]
+        selected_audio = (audio if self.v2a is None else
+                          audio * self.v2a(_pooled_sequence(feats, self.pool_size), num_frames))
         if self.a2v is None:
             return feats, selected_audio, None
-        weight = self.a2v(feats, audio)
-        return feats * weight.unsqueeze(2), selected_audio, weight
+        if self.a2v_selection == "spatial":
+            weight = self.a2v(feats, audio)
+            return feats * weight.unsqueeze(2), selected_audio, weight
+        selected = feats * self.a2v(audio, num_frames)[..., None, None]
+        return selected, selected_audio, selected.abs().mean(dim=2)

@@ -11,23 +11,39 @@ runs, on the same queries,
 and carries them to the next layer. Mixed features: layer 1 reads F^s of the coarsest level;
 after layers 1 and 2 the layer's mixed features and its per-query mask maps are upsampled,
 concatenated with the next level's F^s and projected (1x1 conv + GN + ReLU) into the next
-mixed features. The final masks come from the last layer's queries dotted with its mixed
-features fused, the same way, with the stride-4 ``MASK_IN_FEATURE`` features.
+mixed features. Every layer's masks come from ``MaskHead`` on its queries and mixed features;
+the last layer's are the final masks (paper), or, with ``MASK_FUSION`` (ours), the last
+layer's mixed features are first fused the same way with the stride-4 ``MASK_IN_FEATURE``
+features and the final masks are made at stride 4.
+
+Variants (config switches; paper configs use the first of each):
+
+- ``MASK_HEAD``: ``dot`` (paper: the dot product of the output tokens with the mixed features
+  is the mask; one query per output channel, so ``NUM_QUERIES`` is 1 for S4/MS3 and K+1 = 71
+  for AVSS), ``mix`` (ours: a 1x1 conv mixes Nq query maps into C_out logits; for AVSS, 71
+  logits from Nq maps are rank Nq), ``semantic`` (Mask2Former's semantic inference). See
+  ``MaskHead``.
+- ``MASK_FUSION``: False (paper) / True (ours: stride-4 fusion of ``MASK_IN_FEATURE``).
 
 Choices where the paper is silent:
 
+- How the mixed features are formed: "concatenated with the subsequent F" is all the paper
+  says; we upsample the previous mixed features *and its per-query mask maps*, concatenate
+  them with the next level's F^s and project back to d (1x1 conv + GN + ReLU).
 - Queries get, on top of their learned positional embedding, a sine encoding of their frame's
   index; audio keys get the same encoding of theirs, so frame t's queries can find second t
-  among the clip's T audio tokens while still seeing the whole clip. Padding frames' audio
-  tokens are masked out of the keys. Video keys get a 2D sine encoding.
-- Masks: per-query maps ``einsum(MLP(LayerNorm(q)), mixed)`` ``[N, Nq, h, w]`` are combined by
-  a 1x1 conv ``Nq -> C_out`` (1 foreground logit for binary tasks, K+1 class logits for AVSS),
-  the same head for the intermediate (auxiliary) and the final masks. This needs no
-  bipartite matching, since SelM's targets are per-pixel maps, not instance sets.
-- Ablations: ``AUDIO_CROSS_ATTN``/``VIDEO_CROSS_ATTN`` False skip that attention (Table 5);
-  ``CROSS_LEVEL`` False (Table 3) makes every layer read the finest IN_FEATURES level with no
-  mixing between layers (the final stride-4 fusion is kept so that only the cross-level
-  reasoning is ablated).
+  among the clip's T audio tokens while still seeing the whole clip (the audio keys are all
+  T tokens of the clip, not only frame t's). Padding frames' audio tokens are masked out of
+  the keys. Video keys get a 2D sine encoding.
+- Number of queries: not given; "dot" fixes it (above), "mix" and "semantic" read
+  ``NUM_QUERIES``.
+- The same mask head makes the intermediate (auxiliary) and the final masks. No bipartite
+  matching: SelM's targets are per-pixel maps, not instance sets.
+- Ablations: ``AUDIO_CROSS_ATTN``/``VIDEO_CROSS_ATTN`` False skip that attention (Table 5).
+  ``CROSS_LEVEL`` False (Table 3 "w/o CLEVER") makes every layer read the finest IN_FEATURES
+  level with no mixing between layers; the paper replaces CLEVER by AVSegFormer's decoder
+  there, which is not implemented. With ``MASK_FUSION`` the stride-4 fusion is kept, so that
+  only the cross-level reasoning is ablated.
 """
 import math
 
@@ -36,8 +52,30 @@ from torch import nn
 from torch.nn import functional as F
 
 from detectron2.config import configurable
+from detectron2.utils.registry import Registry
 
-__all__ = ["CLEVERDecoder", "sine_encoding_1d", "sine_encoding_2d"]
+__all__ = ["SELM_DECODER_REGISTRY", "build_selm_decoder", "CLEVERDecoder", "MaskHead",
+           "MASK_HEADS", "semantic_log_probs", "sine_encoding_1d", "sine_encoding_2d"]
+
+SELM_DECODER_REGISTRY = Registry("SELM_DECODER")
+SELM_DECODER_REGISTRY.__doc__ = """
+Registry for SelM's query decoders (CLEVER), like Mask2Former's TRANSFORMER_DECODER_REGISTRY.
+
+A decoder is built as ``decoder(cfg, input_shape)`` ({level: ShapeSpec} of the visual
+encoder) and exposes ``used_levels`` (levels whose BCSM-selected features and audio tokens it
+reads), ``visual_levels`` (every level it reads) and ``reads_audio``;
+``forward(feats, audio, frame_valid)`` returns {"pred_masks", "aux_masks"}.
+"""
+
+
+def build_selm_decoder(cfg, input_shape):
+    """The decoder named by ``MODEL.SELM.CLEVER.NAME``."""
+    name = cfg.MODEL.SELM.CLEVER.NAME
+    if name not in SELM_DECODER_REGISTRY:
+        known = sorted(registered for registered, _ in SELM_DECODER_REGISTRY)
+        raise ValueError("MODEL.SELM.CLEVER.NAME={!r} is not in SELM_DECODER_REGISTRY: use one "
+                         "of {}".format(name, ", ".join(known)))
+    return SELM_DECODER_REGISTRY.get(name)(cfg, input_shape)
 
 
 def sine_encoding_1d(positions, dim):
@@ -149,13 +187,89 @@ class _MLP(nn.Sequential):
         super().__init__(*layers)
 
 
+MASK_HEADS = ("dot", "mix", "semantic")
+
+
+def semantic_log_probs(class_logits, mask_logits):
+    """Mask2Former's semantic inference, normalised over classes.
+
+    Args:
+        class_logits: [N, Nq, C] per-query class scores.
+        mask_logits: [N, Nq, h, w] per-query mask logits.
+    Returns:
+        [N, C, h, w] log P_c with P_c(x) = sum_q softmax(cls_q)[c] sigmoid(m_q(x)) / Z(x),
+        Z(x) = sum_c (...) = sum_q sigmoid(m_q(x)).
+    """
+    # In fp32 under autocast too: half-precision sums of 71 small terms lose the small classes.
+    with torch.autocast(mask_logits.device.type, enabled=False):
+        probs = torch.einsum("nqc,nqhw->nchw", class_logits.float().softmax(dim=-1),
+                             mask_logits.float().sigmoid())
+        probs = probs / probs.sum(dim=1, keepdim=True).clamp(min=1e-12)
+        return probs.clamp(min=1e-8).log()
+
+
+class MaskHead(nn.Module):
+    """Masks from a layer's queries and its mixed video features; one head serves the final
+    masks and every layer's intermediate (auxiliary) masks.
+
+    Every variant first makes per-query maps ``m_q = <MLP(LayerNorm(q)), mixed>`` [N, Nq, h, w]
+    (the paper's "dot product between the learnable tokens of outputs and mixed video
+    features"), then C_out logits (1 foreground logit, or K+1 class logits):
+
+    - ``dot`` (paper): one query per output channel, the maps are the logits (Nq == C_out).
+    - ``mix`` (ours): a 1x1 conv Nq -> C_out over the maps.
+    - ``semantic`` (Mask2Former's semantic inference): each query also scores the K+1 classes
+      (background is a class, there is no separate no-object class) and
+      ``P_c = sum_q softmax(cls_q)[c] sigmoid(m_q)``, normalised over c; the logits are
+      log P_c (AVSS) or log P_1 - log P_0 (binary), so cross-entropy, argmax and sigmoid read
+      them as they read the other heads' logits.
+    """
+
+    def __init__(self, kind, hidden_dim, num_queries, out_channels):
+        super().__init__()
+        if kind not in MASK_HEADS:
+            raise ValueError("MODEL.SELM.CLEVER.MASK_HEAD={!r} is unknown: use one of {}".format(
+                kind, ", ".join(MASK_HEADS)))
+        if kind == "dot" and num_queries != out_channels:
+            raise ValueError(
+                "MODEL.SELM.CLEVER.MASK_HEAD 'dot' makes one output channel per query, so "
+                "MODEL.SELM.CLEVER.NUM_QUERIES must equal the number of output channels, {} "
+                "(1 for binary tasks, MODEL.SELM.NUM_CLASSES + 1 for semantic ones); got "
+                "NUM_QUERIES {}. Set NUM_QUERIES {}, or use MASK_HEAD 'mix' or "
+                "'semantic'.".format(out_channels, num_queries, out_channels))
+        self.kind = kind
+        self.out_channels = out_channels
+        self.decoder_norm = nn.LayerNorm(hidden_dim)
+        self.mask_embed = _MLP(hidden_dim, 3)
+        if kind == "mix":
+            self.to_logits = nn.Conv2d(num_queries, out_channels, kernel_size=1)
+        elif kind == "semantic":
+            # Binary tasks: background and foreground are the two classes.
+            self.class_embed = nn.Linear(hidden_dim, max(out_channels, 2))
+
+    def forward(self, queries, mixed):
+        """queries [N, Nq, d], mixed [N, d, h, w] -> (maps [N, Nq, h, w], logits [N, C_out, h, w])
+        """
+        queries = self.decoder_norm(queries)
+        maps = torch.einsum("nqd,ndhw->nqhw", self.mask_embed(queries), mixed)
+        if self.kind == "dot":
+            return maps, maps
+        if self.kind == "mix":
+            return maps, self.to_logits(maps)
+        log_probs = semantic_log_probs(self.class_embed(queries), maps)
+        if self.out_channels == 1:
+            return maps, log_probs[:, 1:] - log_probs[:, :1]
+        return maps, log_probs
+
+
+@SELM_DECODER_REGISTRY.register()
 class CLEVERDecoder(nn.Module):
     """CLEVER decoder: per-frame queries reasoning over selected audio and multi-level video."""
 
     @configurable
     def __init__(self, *, in_features, hidden_dim, num_queries, nheads, dim_feedforward,
-                 dropout, out_channels, audio_cross_attn=True, video_cross_attn=True,
-                 cross_level=True):
+                 dropout, out_channels, mask_head="dot", mask_in_feature=None,
+                 audio_cross_attn=True, video_cross_attn=True, cross_level=True):
         """
         NOTE: this interface is experimental.
 
@@ -165,6 +279,9 @@ class CLEVERDecoder(nn.Module):
             num_queries: Nq learnable queries.
             nheads, dim_feedforward, dropout: transformer hyper-parameters.
             out_channels: C_out, 1 (binary foreground logit) or K+1 (class logits).
+            mask_head: one of ``MASK_HEADS`` (see ``MaskHead``).
+            mask_in_feature: level fused into the final masks after the last layer (ours); None
+                = the final masks are the last layer's (paper).
             audio_cross_attn, video_cross_attn: False skips that attention (paper Table 5).
             cross_level: False reads only the finest level in every layer (paper Table 3).
         """
@@ -179,6 +296,7 @@ class CLEVERDecoder(nn.Module):
         # Level read by each layer.
         num_layers = len(in_features)
         self.layer_levels = list(in_features) if cross_level else [in_features[-1]] * num_layers
+        self.mask_in_feature = mask_in_feature
         self.hidden_dim = hidden_dim
         self.query_feat = nn.Embedding(num_queries, hidden_dim)
         self.query_embed = nn.Embedding(num_queries, hidden_dim)
@@ -189,19 +307,22 @@ class CLEVERDecoder(nn.Module):
         num_mixes = num_layers - 1 if cross_level else 0
         self.level_mix = nn.ModuleList(
             [_MixBlock(hidden_dim, num_queries) for _ in range(num_mixes)])
-        self.mask_mix = _MixBlock(hidden_dim, num_queries)
-        self.decoder_norm = nn.LayerNorm(hidden_dim)
-        self.mask_embed = _MLP(hidden_dim, 3)
-        self.to_logits = nn.Conv2d(num_queries, out_channels, kernel_size=1)
+        self.mask_mix = _MixBlock(hidden_dim, num_queries) if mask_in_feature else None
+        self.mask_head = MaskHead(mask_head, hidden_dim, num_queries, out_channels)
 
     @classmethod
     def from_config(cls, cfg, input_shape):
         """input_shape: {level name: ShapeSpec} of the visual encoder (for the strides)."""
         clever = cfg.MODEL.SELM.CLEVER
-        unknown = [f for f in clever.IN_FEATURES if f not in input_shape]
-        if unknown:
-            raise ValueError("MODEL.SELM.CLEVER.IN_FEATURES has {} not produced by the backbone "
-                             "(available: {})".format(unknown, sorted(input_shape)))
+        needed = {"MODEL.SELM.CLEVER.IN_FEATURES": list(clever.IN_FEATURES)}
+        if clever.MASK_FUSION:
+            needed["MODEL.SELM.CLEVER.MASK_IN_FEATURE"] = [clever.MASK_IN_FEATURE]
+        for key, names in needed.items():
+            unknown = [f for f in names if f not in input_shape]
+            if unknown:
+                raise ValueError("{} has {} not produced by the backbone (available: {}; see "
+                                 "MODEL.RESNETS.OUT_FEATURES / MODEL.PVT.OUT_FEATURES)".format(
+                                     key, unknown, sorted(input_shape)))
         num_classes = cfg.MODEL.SELM.NUM_CLASSES
         return {
             "in_features": sorted(clever.IN_FEATURES, key=lambda f: -input_shape[f].stride),
@@ -211,6 +332,8 @@ class CLEVERDecoder(nn.Module):
             "dim_feedforward": clever.DIM_FEEDFORWARD,
             "dropout": clever.DROPOUT,
             "out_channels": 1 if num_classes == 1 else num_classes + 1,
+            "mask_head": clever.MASK_HEAD,
+            "mask_in_feature": clever.MASK_IN_FEATURE if clever.MASK_FUSION else None,
             "audio_cross_attn": clever.AUDIO_CROSS_ATTN,
             "video_cross_attn": clever.VIDEO_CROSS_ATTN,
             "cross_level": clever.CROSS_LEVEL,
@@ -223,27 +346,30 @@ class CLEVERDecoder(nn.Module):
 
     @property
     def used_levels(self):
-        """The levels whose selected features and audio tokens forward() reads."""
+        """The levels whose selected features (and audio tokens) the layers read."""
         return sorted(set(self.layer_levels))
 
-    def _predict(self, queries, mixed):
-        maps = torch.einsum("nqd,ndhw->nqhw", self.mask_embed(self.decoder_norm(queries)), mixed)
-        return maps, self.to_logits(maps)
+    @property
+    def visual_levels(self):
+        """Every level forward() reads: ``used_levels`` and the mask level when it fuses one."""
+        extra = [self.mask_in_feature] if self.mask_in_feature else []
+        return sorted(set(self.used_levels + extra))
 
-    def forward(self, feats, mask_feats, audio, frame_valid):
+    def forward(self, feats, audio, frame_valid):
         """
         Args:
-            feats: {level: F^s [N, d, h, w]} for ``used_levels``, N = B*T (frame-major per clip).
-            mask_feats: [N, d, H/4, W/4] projected MASK_IN_FEATURE features.
+            feats: {level: [N, d, h, w]} for ``visual_levels``, N = B*T (frame-major per clip):
+                F^s for ``used_levels``, the projected MASK_IN_FEATURE features for the fusion.
             audio: {level: T^s [B, T, d]} for ``used_levels``; None when not ``reads_audio``.
             frame_valid: [B, T] bool, False = padding frame.
         Returns:
-            {"pred_masks": [N, C_out, H/4, W/4],
-             "aux_masks": list over layers of [N, C_out, h_i, w_i] (coarse to fine)}.
+            {"pred_masks": [N, C_out, h, w] (at the mask level's size with the fusion, else the
+             last layer's), "aux_masks": list over layers of [N, C_out, h_i, w_i] (coarse to
+             fine; without the fusion the last one is pred_masks itself)}.
         """
         num_clips, num_frames = frame_valid.shape
         n = num_clips * num_frames
-        device = mask_feats.device
+        device = frame_valid.device
         temporal = sine_encoding_1d(torch.arange(num_frames, device=device), self.hidden_dim)
         queries = self.query_feat.weight[None].expand(n, -1, -1)
         query_pos = self.query_embed.weight[None] + temporal.repeat(num_clips, 1)[:, None]
@@ -263,7 +389,9 @@ class CLEVERDecoder(nn.Module):
             video_pos = sine_encoding_2d(h, w, self.hidden_dim, device)[None]
             queries = layer(queries, query_pos, tokens, temporal[None], padding,
                             mixed.flatten(2).transpose(1, 2), video_pos)
-            maps, logits = self._predict(queries, mixed)
+            maps, logits = self.mask_head(queries, mixed)
             aux.append(logits)
-        mixed = self.mask_mix(mixed, maps, mask_feats)
-        return {"pred_masks": self._predict(queries, mixed)[1], "aux_masks": aux}
+        if self.mask_mix is None:
+            return {"pred_masks": aux[-1], "aux_masks": aux}
+        mixed = self.mask_mix(mixed, maps, feats[self.mask_in_feature])
+        return {"pred_masks": self.mask_head(queries, mixed)[1], "aux_masks": aux}

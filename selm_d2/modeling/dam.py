@@ -19,9 +19,13 @@ Design choices where the paper is silent:
   rescale every channel arbitrarily at step 0. With the zero init the gradient still reaches
   the conditioning branch (``dW/d(cond) = the other branch's output``, non-zero), so the
   alignment is learned from there.
+- The Table 4 baselines: the paper adds or concatenates F and T, average-pooling F and
+  repeating T to align them; here ``add`` is ``F + Linear(T)`` and ``concat`` is
+  ``F + Conv1x1([F, Linear(T)])``, T broadcast over positions, zero-initialised like DAM, the
+  audio features left unchanged.
 
 Variants (paper Tables 4 and 6), selected by :func:`build_dam` from ``MODEL.SELM.DAM.MODE``:
-``add``, ``concat`` (late-style fusion baselines applied per stage), ``a2v`` (A2VBlock only),
+``add``, ``concat`` (fusion baselines applied per stage), ``a2v`` (A2VBlock only),
 ``v2a`` (V2ABlock only), ``dual`` (both, the paper's DAM); ``none`` builds nothing.
 """
 import torch

@@ -9,16 +9,35 @@ it is registered with the AVSBench parsers themselves. Root ``$DETECTRON2_DATASE
 - ``avs_synth_ms3_{train,val,test}``: MS3 layout, binary masks;
 - ``avs_synth_avss_{train,val,test}``: AVSS layout (v1s, v1m, v2 subsets), classes
   ``["background"] + SYNTH_CATEGORIES`` coloured with the AVSS palette.
+
+AVS-Synth with AVSBench-semantic's 70 categories, root ``$DETECTRON2_DATASETS/avs_synth70``
+(``python -m selm_d2.data.synthetic --out datasets/avs_synth70 --layouts avss
+--num-categories 70``):
+
+- ``avs_synth70_avss_{train,val,test}``: AVSS layout, classes
+  ``["background"] + CODED_CATEGORIES`` (71, like AVSBench-semantic).
 """
 import os
 
-from ..synthetic import LAYOUT_DIRS, SPLITS, SYNTH_CATEGORIES
+from ..synthetic import CODED_CATEGORIES, LAYOUT_DIRS, MAX_CATEGORIES, SPLITS, SYNTH_CATEGORIES
 from .builtin import under_datasets_root
 from .register import register_avs_dataset
 
-__all__ = ["AVS_SYNTH_CLASSES", "register_all_avs_synth"]
+__all__ = ["AVS_SYNTH_CLASSES", "AVS_SYNTH70_CLASSES", "register_all_avs_synth",
+           "register_all_avs_synth70"]
 
 AVS_SYNTH_CLASSES = ["background"] + SYNTH_CATEGORIES
+AVS_SYNTH70_CLASSES = ["background"] + CODED_CATEGORIES[:MAX_CATEGORIES]
+
+
+def register_all_avs_synth70(root=None):
+    """Register the 70-category AVSS names with data under `root` (no file is read); None =
+    ``$DETECTRON2_DATASETS/avs_synth70`` at load time."""
+    avss_root = (under_datasets_root("avs_synth70", LAYOUT_DIRS["avss"]) if root is None
+                 else os.path.join(root, LAYOUT_DIRS["avss"]))
+    for split in SPLITS:
+        register_avs_dataset("avs_synth70_avss_" + split, avss_root, "avss", split=split,
+                             metadata={"stuff_classes": list(AVS_SYNTH70_CLASSES)})
 
 
 def register_all_avs_synth(root=None):
@@ -39,3 +58,4 @@ def register_all_avs_synth(root=None):
 
 
 register_all_avs_synth()
+register_all_avs_synth70()

@@ -1,0 +1,242 @@
+#!/usr/bin/env python
+"""`make ablate`: the paper's ablations (Tables 3-8) on AVS-Synth MS3 with the CPU recipe.
+
+Every row is ``configs/synth/ms3.yaml`` plus the row's switches, trained and evaluated by
+``train_net.py`` in a subprocess for each seed (``SEED``); the full model is trained once and
+shared by every table. Tables 3-8 go to ``<output-dir>/tables.md`` (and ``tables.json``) as
+mean ± sample std over seeds of M_J and M_F (official batch protocol), with the difference to
+the full model and the number of seeds, as the paper reports them.
+
+A run whose ``result.json`` exists is skipped, and an interrupted run resumes from its last
+checkpoint, so re-running the command continues where it stopped. The tables hold every
+finished run of the same recipe (config, --max-iter, --dataset, options) in the output folder.
+
+    python tools/ablate.py                                  # every row, seeds 0 1 2
+    python tools/ablate.py --only full bcsm_off --seeds 0 --max-iter 100
+    python tools/ablate.py --dataset t=avsbench_ms3:/data/tree:train ... DATASETS.TRAIN "('t',)"
+
+Without ``--dataset`` the AVS-Synth MS3 data is generated first (a no-op when present), as
+``make demo`` does. Arguments after the options are config options for every run.
+"""
+import argparse
+import glob
+import json
+import math
+import os
+import subprocess
+import sys
+
+from tqdm import tqdm
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+DEFAULT_CONFIG = "configs/synth/ms3.yaml"
+RESULT_FILE = "result.json"
+
+# Row key -> (label, config options). The switches are the paper's ablations (README,
+# "Ablations"); "w/o CLEVER" is our single-level decoder, the paper swaps in AVSegFormer's.
+ROWS = {
+    "full": ("SelM", []),
+    "bcsm_off": ("w/o BCSM", ["MODEL.SELM.BCSM.MODE", "off"]),
+    "dam_none": ("w/o DAM", ["MODEL.SELM.DAM.MODE", "none"]),
+    "single_level": ("w/o CLEVER (single-level decoder)",
+                     ["MODEL.SELM.CLEVER.CROSS_LEVEL", "False"]),
+    "dam_add": ("Add", ["MODEL.SELM.DAM.MODE", "add"]),
+    "dam_concat": ("Concat", ["MODEL.SELM.DAM.MODE", "concat"]),
+    "no_audio_ca": ("w/o Audio CA", ["MODEL.SELM.CLEVER.AUDIO_CROSS_ATTN", "False"]),
+    "no_video_ca": ("w/o Video CA", ["MODEL.SELM.CLEVER.VIDEO_CROSS_ATTN", "False"]),
+    "dam_a2v": ("A2V Block", ["MODEL.SELM.DAM.MODE", "a2v"]),
+    "dam_v2a": ("V2A Block", ["MODEL.SELM.DAM.MODE", "v2a"]),
+    "bcsm_a2v": ("A2V-SeM", ["MODEL.SELM.BCSM.MODE", "a2v"]),
+    "bcsm_v2a": ("V2A-SeM", ["MODEL.SELM.BCSM.MODE", "v2a"]),
+    "loss_bce": ("BCE", ["MODEL.SELM.LOSS.DICE_WEIGHT", "0.0",
+                         "MODEL.SELM.LOSS.AUX_WEIGHTS", "[0.0, 0.0, 0.0]"]),
+    "loss_bce_dice": ("+DICE", ["MODEL.SELM.LOSS.AUX_WEIGHTS", "[0.0, 0.0, 0.0]"]),
+}
+# (title, [(row key, label in this table)]), the full model last as in the paper.
+TABLES = [
+    ("Table 3: Effect of the essential components",
+     [("bcsm_off", None), ("dam_none", None), ("single_level", None), ("full", "SelM")]),
+    ("Table 4: Effects of early fusion strategies",
+     [("dam_add", None), ("dam_concat", None), ("full", "DAM")]),
+    ("Table 5: Ablation study on CLEVER",
+     [("no_audio_ca", None), ("no_video_ca", None), ("full", "CLEVER")]),
+    ("Table 6: Impact of dual modality alignment in early fusion",
+     [("dam_a2v", None), ("dam_v2a", None), ("full", "DAM")]),
+    ("Table 7: Ablation study on BCSM",
+     [("bcsm_a2v", None), ("bcsm_v2a", None), ("full", "BCSM")]),
+    ("Table 8: Ablation study on loss function",
+     [("loss_bce", None), ("loss_bce_dice", None), ("full", "+DICE+Aux")]),
+]
+METRICS = ("M_J", "M_F")
+
+
+def _run_dir(output_dir, row, seed):
+    return os.path.join(output_dir, "runs", row, "seed{}".format(seed))
+
+
+def _read_metrics(run_dir):
+    """{"M_J", "M_F", "M_F_key"} from the evaluation train_net.py ran after training."""
+    paths = sorted(glob.glob(os.path.join(run_dir, "inference", "*", "avs_results.json")))
+    if not paths:
+        raise SystemExit("no evaluation results under {}/inference: is DATASETS.TEST set?"
+                         .format(run_dir))
+    with open(paths[0]) as f:
+        metrics = json.load(f)["metrics"]
+    f_key = next(k for k in sorted(metrics) if k.startswith("M_F_official"))
+    return {"M_J": metrics["M_J"], "M_F": metrics[f_key], "M_F_key": f_key,
+            "dataset": os.path.basename(os.path.dirname(paths[0]))}
+
+
+def _recipe(args):
+    """What every run of this invocation shares; runs of another recipe are not mixed in."""
+    return {"config_file": args.config_file, "max_iter": args.max_iter,
+            "dataset": list(args.dataset), "opts": list(args.opts)}
+
+
+def train_and_evaluate(row, seed, args, env):
+    """One run through train_net.py (resuming if interrupted); returns its metrics."""
+    run_dir = _run_dir(args.output_dir, row, seed)
+    result = os.path.join(run_dir, RESULT_FILE)
+    if os.path.isfile(result):
+        with open(result) as f:
+            done = json.load(f)
+        if done["recipe"] != _recipe(args):
+            raise SystemExit("{} was trained with another recipe ({}): use another --output-dir "
+                             "or delete it".format(run_dir, done["recipe"]))
+        return done
+    os.makedirs(run_dir, exist_ok=True)
+    datasets = [a for spec in args.dataset for a in ("--dataset", spec)]
+    schedule = ["SOLVER.MAX_ITER", str(args.max_iter)] if args.max_iter else []
+    # detectron2 evaluates once after training (also when --resume finds it finished).
+    cmd = ([sys.executable, os.path.join(REPO, "train_net.py"), "--config-file",
+            args.config_file, "--resume"] + datasets
+           + ["OUTPUT_DIR", run_dir, "SEED", str(seed), "TEST.EVAL_PERIOD", "0"]
+           + schedule + list(args.opts) + ROWS[row][1])
+    log = os.path.join(run_dir, "train_net.log")
+    with open(log, "w") as f:
+        f.write("$ " + " ".join(cmd) + "\n")
+        f.flush()
+        proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        with open(log) as f:
+            tail = f.readlines()[-30:]
+        raise SystemExit("run {} seed {} failed (exit {}); log {}:\n{}".format(
+            row, seed, proc.returncode, log, "".join(tail)))
+    metrics = dict(_read_metrics(run_dir), row=row, seed=seed, recipe=_recipe(args))
+    with open(result + ".tmp", "w") as f:
+        json.dump(metrics, f, indent=2)
+    os.replace(result + ".tmp", result)
+    return metrics
+
+
+def summarise(values):
+    """Mean, sample std (None for one value) and count of a list of numbers."""
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None
+    return {"mean": mean, "std": std, "n": n}
+
+
+def _cell(stats, full):
+    text = "{:.1f}".format(stats["mean"])
+    if stats["std"] is not None:
+        text += " ± {:.1f}".format(stats["std"])
+    if full is not None:
+        text += " ({:+.1f})".format(stats["mean"] - full["mean"])
+    return text
+
+
+def tables(results, header):
+    """Markdown of Tables 3-8 from {row: {metric: summary}}; rows not run are left out."""
+    lines = [header, ""]
+    for title, rows in TABLES:
+        done = [(key, label) for key, label in rows if key in results]
+        if not done:
+            continue
+        lines += ["### " + title, "", "| Method | M_J | M_F | seeds |", "|---|---|---|---|"]
+        for key, label in done:
+            full = results.get("full") if key != "full" else None
+            lines.append("| {} | {} | {} | {} |".format(
+                label or ROWS[key][0],
+                *(_cell(results[key][m], full[m] if full else None) for m in METRICS),
+                results[key]["M_J"]["n"]))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _write_atomic(path, text):
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def get_parser():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="rows: " + ", ".join(ROWS))
+    parser.add_argument("--config-file", default=DEFAULT_CONFIG,
+                        help="the recipe every row starts from (default: %(default)s)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--max-iter", type=int, default=0,
+                        help="SOLVER.MAX_ITER of every run (default: the config's)")
+    parser.add_argument("--only", nargs="+", choices=list(ROWS), metavar="ROW",
+                        help="train only these rows (default: all): " + ", ".join(ROWS))
+    parser.add_argument("--output-dir", default="output/ablate")
+    parser.add_argument("--dataset", action="append", default=[],
+                        metavar="NAME=LAYOUT:ROOT[:SPLIT]",
+                        help="passed to train_net.py (repeatable); skips generating AVS-Synth")
+    parser.add_argument("opts", nargs=argparse.REMAINDER,
+                        help="config options (KEY VALUE ...) for every run")
+    return parser
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    args.output_dir = os.path.abspath(args.output_dir)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (REPO, os.environ.get("PYTHONPATH")) if p))
+    env.setdefault("DETECTRON2_DATASETS", os.path.join(REPO, "datasets"))
+    if not args.dataset:
+        subprocess.run([sys.executable, "-m", "selm_d2.data.synthetic", "--out",
+                        os.path.join(env["DETECTRON2_DATASETS"], "avs_synth"), "--layouts", "ms3"],
+                       cwd=REPO, env=env, check=True)
+    rows = args.only or list(ROWS)
+    runs = [(row, seed) for row in rows for seed in args.seeds]
+    bar = tqdm(runs, desc="ablations", unit="run")
+    for row, seed in bar:
+        bar.set_postfix_str("{} seed {}".format(row, seed))
+        train_and_evaluate(row, seed, args, env)
+    # The tables hold every finished run, also of rows or seeds not asked for this time.
+    per_row = {}
+    for path in sorted(glob.glob(os.path.join(args.output_dir, "runs", "*", "seed*",
+                                              RESULT_FILE))):
+        with open(path) as f:
+            run = json.load(f)
+        if run["row"] in ROWS and run["recipe"] == _recipe(args):
+            per_row.setdefault(run["row"], []).append(run)
+    results = {row: {m: summarise([r[m] for r in finished]) for m in METRICS}
+               for row, finished in per_row.items()}
+    finished = [r for row_runs in per_row.values() for r in row_runs]
+    f_keys = sorted({r["M_F_key"] for r in finished})
+    datasets = sorted({r["dataset"] for r in finished})
+    header = ("## SelM ablations (paper Tables 3-8) on {}\n\n"
+              "Recipe: `{}` plus each row's switch{}. M_J and M_F ({}) × 100, mean ± sample std "
+              "over seeds, in brackets the difference to the full model.".format(
+                  ", ".join(datasets), args.config_file,
+                  ", SOLVER.MAX_ITER {}".format(args.max_iter) if args.max_iter else "",
+                  ", ".join(f_keys)))
+    text = tables(results, header)
+    os.makedirs(args.output_dir, exist_ok=True)
+    _write_atomic(os.path.join(args.output_dir, "tables.md"), text)
+    _write_atomic(os.path.join(args.output_dir, "tables.json"), json.dumps(
+        {"rows": {row: dict(results[row], label=ROWS[row][0], opts=ROWS[row][1],
+                            runs=sorted(per_row[row], key=lambda r: r["seed"]))
+                  for row in results},
+         "tables": [{"title": t, "rows": [k for k, _ in rows]} for t, rows in TABLES]}, indent=2))
+    print("\n" + text)
+    print("Written to {}/tables.md and tables.json".format(args.output_dir))
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -19,6 +19,16 @@ def avsbench_meta_dir():
                     "in CI and developer machines)".format(path))
     return path
 
+def synth_ms3_tree(tmp_path_factory, name, train, test, seed):
+    """A tiny AVS-Synth tree in the MS3 layout (32x32 frames); returns its root."""
+    from selm_d2.data.synthetic import generate
+
+    root = str(tmp_path_factory.mktemp(name))
+    generate(root, layouts=("ms3",), clips_per_split={"train": train, "val": 0, "test": test},
+             size=32, seed=seed, progress=False)
+    return root
+
+
 # train_net.py and demo/ live at the repository root, as in detectron2 projects.
 REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 if REPO_ROOT not in sys.path:

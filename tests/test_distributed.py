@@ -10,8 +10,7 @@ import sys
 
 import pytest
 
-from conftest import REPO_ROOT
-from selm_d2.data.synthetic import generate
+from conftest import REPO_ROOT, synth_ms3_tree
 
 SYNTH_CONFIG = os.path.join(REPO_ROOT, "configs", "synth", "ms3.yaml")
 # Every switch whose value leaves a module out of the model (paper Tables 3, 4, 5, 7) or
@@ -37,10 +36,7 @@ def _torchrun(args, cwd):
 
 @pytest.fixture(scope="module")
 def synth_root(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("ddp_synth"))
-    generate(root, layouts=("ms3",), clips_per_split={"train": 4, "val": 0, "test": 5}, size=32,
-             seed=3, progress=False)
-    return root
+    return synth_ms3_tree(tmp_path_factory, "ddp_synth", train=4, test=5, seed=3)
 
 
 def test_two_process_training_and_evaluation_match_one_process(synth_root, tmp_path):

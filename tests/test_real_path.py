@@ -12,10 +12,9 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, synth_ms3_tree
 from selm_d2 import add_selm_config
 from selm_d2.data.datasets import parse_dataset_spec, register_dataset_specs
-from selm_d2.data.synthetic import generate
 from selm_d2.modeling.audio import VGGish
 
 PAPER_CONFIG = os.path.join(REPO_ROOT, "configs", "ms3", "selm_R50.yaml")
@@ -24,10 +23,7 @@ SYNTH_CONFIG = os.path.join(REPO_ROOT, "configs", "synth", "ms3.yaml")
 
 @pytest.fixture(scope="module")
 def synth_root(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("real_path"))
-    generate(root, layouts=("ms3",), clips_per_split={"train": 2, "val": 0, "test": 2}, size=32,
-             seed=7, progress=False)
-    return root
+    return synth_ms3_tree(tmp_path_factory, "real_path", train=2, test=2, seed=7)
 
 
 def _cfg(config, *opts):

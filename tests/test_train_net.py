@@ -7,7 +7,7 @@ import torch
 
 from detectron2.config import get_cfg
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, synth_ms3_tree
 from selm_d2 import add_selm_config
 from selm_d2.data import register_avs_dataset
 from selm_d2.data.synthetic import generate
@@ -18,9 +18,7 @@ SYNTH_CONFIG = os.path.join(REPO_ROOT, "configs", "synth", "ms3.yaml")
 @pytest.fixture(scope="module")
 def tiny_synth(tmp_path_factory):
     """Registers 4 train / 5 test MS3-layout clips at 32x32; returns the dataset names."""
-    root = str(tmp_path_factory.mktemp("synth"))
-    generate(root, layouts=("ms3",), clips_per_split={"train": 4, "val": 0, "test": 5}, size=32,
-             seed=3, progress=False)
+    root = synth_ms3_tree(tmp_path_factory, "synth", train=4, test=5, seed=3)
     names = {}
     for split in ("train", "test"):
         names[split] = "_test_train_net_ms3_{}".format(split)

@@ -469,12 +469,23 @@ def markdown(report):
     return "\n".join(lines) + "\n"
 
 
-def scaling_plot(report, path):
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save_figure(fig, path):
+    fig.tight_layout()
+    fig.savefig(path + ".tmp.png", dpi=120)
+    os.replace(path + ".tmp.png", path)
+
+
+def scaling_plot(report, path):
+    plt = _pyplot()
     frames = report["scaling"]["frames"]
     fig, ax = plt.subplots(figsize=(5, 3.5))
     xs = [r["T"] for r in frames]
@@ -485,17 +496,11 @@ def scaling_plot(report, path):
     ax.set_ylabel("latency per clip (s)")
     ax.set_title("SelM scaling on {}".format(report["machine"].get("gpu", "CPU")))
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path + ".tmp.png", dpi=120)
-    os.replace(path + ".tmp.png", path)
+    _save_figure(fig, path)
 
 
 def breakdown_plot(report, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     rows = report["breakdown"]
     parts = [p for p in sorted(rows[0]["seconds"]) if p != "total"]
     fig, ax = plt.subplots(figsize=(6, 3.8))
@@ -510,9 +515,7 @@ def breakdown_plot(report, path):
     ax.set_xlabel("ms per frame")
     ax.set_title("SelM-R50 time per part on {}".format(report["machine"].get("gpu", "CPU")))
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path + ".tmp.png", dpi=120)
-    os.replace(path + ".tmp.png", path)
+    _save_figure(fig, path)
 
 
 def write_atomic(path, text):

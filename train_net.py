@@ -186,7 +186,7 @@ class Trainer(DefaultTrainer):
         if optimizer_state is not None:
             self._trainer.optimizer.load_state_dict(optimizer_state)
         else:
-            logging.getLogger(__name__).warning(
+            logger.warning(
                 "checkpoint has no optimizer state (written by detectron2 v0.6's DefaultTrainer?): "
                 "the optimizer restarts from scratch")
         scaler_state = state_dict.get("grad_scaler", inner.get("grad_scaler"))
@@ -253,7 +253,7 @@ def _silenced(dicts):
 def _swapped(dicts):
     """Give every clip the audio of the next clip (cyclic), keeping its frames and labels."""
     if len(dicts) < 2:
-        logging.getLogger(__name__).warning(
+        logger.warning(
             "TEST.AVS.ILLUSION: swapping audio needs at least 2 clips but the dataset has %d, "
             "so the 'swapped' scores are those of the original audio.", len(dicts))
     out = copy.deepcopy(dicts)

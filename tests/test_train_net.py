@@ -95,7 +95,7 @@ def test_illusion_on_one_clip_warns_that_swapping_needs_two(tiny_synth):
     from test_audio import _Records
 
     one = DatasetCatalog.get(tiny_synth["test"])[:1]
-    with _Records("train_net") as records:
+    with _Records("selm_d2.train_net") as records:
         assert _swapped(one)[0]["audio_file_name"] == one[0]["audio_file_name"]
         _swapped(DatasetCatalog.get(tiny_synth["test"])[:2])
     assert len(records) == 1 and "at least 2 clips" in records[0], records

@@ -23,6 +23,9 @@ def add_selm_config(cfg):
     # torchvision/detectron2 ResNet, original PVT-v2 or timm PVT-v2 files. "" = from scratch.
     # MODEL.WEIGHTS keeps its detectron2 meaning (a whole SelM checkpoint).
     cfg.MODEL.SELM.VISUAL_WEIGHTS = ""
+    # At inference, run the encoders (and DAM, which works frame by frame) on at most this many
+    # frames at a time; the outputs do not change. 0 = all frames of a batch at once.
+    cfg.MODEL.SELM.ENCODER_CHUNK_FRAMES = 8
     # Return BCSM selection weight maps in inference outputs (for heat maps, paper Fig. 5).
     cfg.MODEL.SELM.RETURN_SELECTION_MAPS = False
 

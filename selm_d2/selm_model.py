@@ -113,7 +113,7 @@ class SelM(nn.Module):
     @configurable
     def __init__(self, *, backbone, audio_encoder, dam, sem_seg_head, criterion, num_classes,
                  level_strides, pixel_mean, pixel_std, return_selection_maps=False,
-                 size_divisibility=32):
+                 size_divisibility=32, encoder_chunk_frames=0):
         """
         NOTE: this interface is experimental.
 
@@ -129,6 +129,8 @@ class SelM(nn.Module):
             pixel_mean, pixel_std: per-channel normalisation of the RGB 0..255 input.
             return_selection_maps: add BCSM's A2V selection maps to inference outputs.
             size_divisibility: frames are zero-padded (after normalisation) to a multiple.
+            encoder_chunk_frames: at inference, run the encoders on at most this many frames
+                at a time (0 = all frames of the batch at once); the result does not change.
         """
         super().__init__()
         self.backbone = backbone
@@ -140,6 +142,7 @@ class SelM(nn.Module):
         self.level_strides = dict(level_strides)
         self.return_selection_maps = return_selection_maps
         self.size_divisibility = size_divisibility
+        self.encoder_chunk_frames = encoder_chunk_frames
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
         if return_selection_maps and not sem_seg_head.has_selection_map:
@@ -207,6 +210,7 @@ class SelM(nn.Module):
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "return_selection_maps": selm.RETURN_SELECTION_MAPS,
             "size_divisibility": max(32, backbone.size_divisibility),
+            "encoder_chunk_frames": selm.ENCODER_CHUNK_FRAMES,
         }
 
     @property
@@ -238,24 +242,51 @@ class SelM(nn.Module):
     def _encode(self, images, audio, num_frames):
         """Both encoders stage by stage with DAM in between.
 
+        At inference, frames go through the encoders in chunks of at most
+        ``encoder_chunk_frames``. DAM works frame by frame (kernel size 1), so the result is the
+        same, while a long clip's stage activations stay small: on CPU, T=40 frames at once cost
+        more per frame than T=5 (README, benchmark). Training keeps all frames together so that
+        BatchNorm sees the whole batch.
+
         Returns:
             ({stage: visual features [B*T, C, h, w]}, {stage: audio tokens [B, T, C_a]},
              VGGish embedding [B, T, E] or None when no audio tokens are read).
         """
-        x_v = self.backbone.forward_stem(images)
-        x_a = audio
-        visual, tokens = {}, {}
-        for vname, aname in zip(self.backbone.stage_names, self.audio_encoder.stage_names):
-            x_v = self.backbone.forward_stage(vname, x_v)
-            x_a = self.audio_encoder.forward_stage(aname, x_a)
-            if vname in self.dam:
-                x_v, x_a = self.dam[vname](x_v, x_a, num_frames)
-            visual[vname] = x_v
-            tokens[vname] = x_a.mean(dim=(2, 3)).view(-1, num_frames, x_a.shape[1])
+        chunk = self.encoder_chunk_frames
+        if self.training or not chunk or images.shape[0] <= chunk:
+            visual, pooled, x_a = self._encode_frames(images, audio)
+        else:
+            parts = [self._encode_frames(i, a) for i, a in zip(images.split(chunk),
+                                                                audio.split(chunk))]
+            visual, pooled = ({name: torch.cat([part[k][name] for part in parts])
+                               for name in parts[0][k]} for k in (0, 1))
+            x_a = torch.cat([part[2] for part in parts])
+        tokens = {name: t.view(-1, num_frames, t.shape[1]) for name, t in pooled.items()}
         if not self.sem_seg_head.reads_audio:  # the embedding is not needed
             return visual, tokens, None
         embedding = self.audio_encoder.forward_embedding(x_a)
         return visual, tokens, embedding.view(-1, num_frames, embedding.shape[-1])
+
+    def _encode_frames(self, images, audio):
+        """Encoders + DAM on n frames [n, 3, H, W] and their audio [n, 1, 96, 64], as one
+        sequence (DAM is per frame, so how frames are grouped does not matter).
+
+        Returns:
+            ({stage: visual features [n, C, h, w]}, {stage: pooled audio tokens [n, C_a]},
+             last audio stage output [n, C_a4, 6, 4]).
+        """
+        n = images.shape[0]
+        x_v = self.backbone.forward_stem(images)
+        x_a = audio
+        visual, pooled = {}, {}
+        for vname, aname in zip(self.backbone.stage_names, self.audio_encoder.stage_names):
+            x_v = self.backbone.forward_stage(vname, x_v)
+            x_a = self.audio_encoder.forward_stage(aname, x_a)
+            if vname in self.dam:
+                x_v, x_a = self.dam[vname](x_v, x_a, n)
+            visual[vname] = x_v
+            pooled[vname] = x_a.mean(dim=(2, 3))
+        return visual, pooled, x_a
 
     def forward(self, batched_inputs):
         """

@@ -355,6 +355,24 @@ def test_trains_and_infers_under_autocast():
     assert torch.isfinite(probs.float()).all()
 
 
+@pytest.mark.parametrize("dam_mode", ["dual", "add", "concat"])
+def test_encoding_frames_in_chunks_changes_nothing(dam_mode):
+    """Inference runs the encoders on a few frames at a time: same outputs as all at once."""
+    model = tiny_model("MODEL.SELM.DAM.MODE", dam_mode, "MODEL.SELM.RETURN_SELECTION_MAPS", True)
+    model.eval()
+    clips = [make_clip(t=5, h=32, w=40, seed=s) for s in (0, 1)]  # 10 frames in the batch
+    with torch.no_grad():
+        model.encoder_chunk_frames = 0
+        whole = model(clips)
+        model.encoder_chunk_frames = 3  # chunks cross clip boundaries
+        chunked = model(clips)
+    for a, b in zip(whole, chunked):
+        assert torch.allclose(a["sem_seg"], b["sem_seg"], atol=1e-5)
+        for level in a["selection_maps"]:
+            assert torch.allclose(a["selection_maps"][level], b["selection_maps"][level],
+                                  atol=1e-5)
+
+
 def test_inference_outputs_on_request():
     """Full-size probabilities by default; a smaller size, or per-pixel labels, on request."""
     model = tiny_model("MODEL.SELM.NUM_CLASSES", 3, "MODEL.SELM.CLEVER.NUM_QUERIES", 4).eval()

@@ -334,8 +334,9 @@ class SelM(nn.Module):
         return targets, (flags.bool() & valid).flatten()
 
     def _postprocess(self, logits, selection, batched_inputs, valid, padded_size):
-        """Per clip: logits [T, C_out, h, w] at stride 4 of the padded frames -> the requested
-        output at ("height", "width"), or at "output_size" when the clip dict gives one.
+        """Per clip: logits [T, C_out, h, w] at the decoder's output stride of the padded frames
+        (4 with MASK_FUSION, else 8) -> the requested output at ("height", "width"), or at
+        "output_size" when the clip dict gives one.
 
         "labels" output is resized one frame at a time, so a 10-frame 1280x720 AVSS clip
         holds one frame's K+1 channels at full size instead of all ten (2.6 GB for 72).

@@ -108,16 +108,7 @@ def interleaved(fns, device, repeats, warmup=1):
 
 def timeit(fn, device, repeats, warmup=1):
     """Median wall time of ``fn()`` in seconds."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return interleaved({"fn": fn}, device, repeats, warmup)["fn"]
 
 
 def peak_memory_mb(device):

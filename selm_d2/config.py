@@ -47,6 +47,9 @@ def add_selm_config(cfg):
     cfg.MODEL.SELM.DAM.MODE = "dual"  # none | add | concat | a2v | v2a | dual
     cfg.MODEL.SELM.DAM.STAGES = ["res2", "res3", "res4", "res5"]
     cfg.MODEL.SELM.DAM.DROPOUT = 0.1
+    # Conv1D of A2V/V2A's branch over feature positions (paper: "Conv1D", width unstated):
+    # "pointwise" (C x C, mixes channels) | "depthwise" (per-channel scale and shift).
+    cfg.MODEL.SELM.DAM.FEATURE_CONV = "pointwise"
 
     # BCSM: Bidirectional Conditioned Selective Mechanism (stacked Mamba blocks).
     cfg.MODEL.SELM.BCSM = CN()
@@ -76,10 +79,12 @@ def add_selm_config(cfg):
     # | "mix" (ours: a 1x1 conv mixes the NUM_QUERIES query maps into the outputs)
     # | "semantic" (Mask2Former's semantic inference: per-query class scores x query masks).
     cfg.MODEL.SELM.CLEVER.MASK_HEAD = "dot"
-    # True (ours): the final masks are made at stride 4 after fusing MASK_IN_FEATURE into the
+    # True (ours): the final masks are made at MASK_IN_FEATURE's stride after fusing it into the
     # last layer's mixed features. False (paper): the last layer's masks are the final ones.
     cfg.MODEL.SELM.CLEVER.MASK_FUSION = False
-    cfg.MODEL.SELM.CLEVER.MASK_IN_FEATURE = "res2"  # read only with MASK_FUSION
+    # Read only with MASK_FUSION: "res2" (stride 4) or, with a ResNet, "res1" (stride 2: conv1's
+    # activation before the max-pool).
+    cfg.MODEL.SELM.CLEVER.MASK_IN_FEATURE = "res2"
     cfg.MODEL.SELM.CLEVER.NUM_QUERIES = 1  # paper: not given; "dot" fixes it (see MASK_HEAD)
     cfg.MODEL.SELM.CLEVER.NHEADS = 8
     cfg.MODEL.SELM.CLEVER.DIM_FEEDFORWARD = 2048

@@ -61,3 +61,30 @@ def test_none_and_unknown_mode():
     assert build_dam("none", 12, 8, 0.1) is None
     with pytest.raises(ValueError, match="MODEL.SELM.DAM.MODE"):
         build_dam("sum", 12, 8, 0.1)
+
+
+@pytest.mark.parametrize("feature_conv", ["pointwise", "depthwise"])
+def test_reweighting_matches_hand_computation(feature_conv):
+    """W = GELU(Conv1D(F)) * GELU(Conv1D(tokens)), F + F * W, computed with torch's conv1d."""
+    from torch.nn import functional as F
+
+    torch.manual_seed(0)
+    dam = build_dam("a2v", 12, 8, 0.0, feature_conv=feature_conv).eval()
+    block = dam.a2v
+    torch.nn.init.normal_(block.cond_branch.conv.weight)  # leave the identity start
+    x_v, x_a = torch.randn(6, 12, 5, 4), torch.randn(6, 8, 3, 2)
+    feat = block.feat_branch.conv
+    groups = 12 if feature_conv == "depthwise" else 1
+    weight = F.gelu(F.conv1d(x_v.flatten(2), feat.weight, feat.bias, groups=groups))
+    tokens = x_a.mean(dim=(2, 3)).view(2, 3, 8).transpose(1, 2)
+    cond = F.gelu(F.conv1d(tokens, block.cond_branch.conv.weight, block.cond_branch.conv.bias))
+    cond = cond.transpose(1, 2).reshape(6, 12, 1)
+    expected = x_v + x_v * (weight * cond).view_as(x_v)
+    out_v, out_a = dam(x_v, x_a, 3)
+    torch.testing.assert_close(out_v, expected)
+    assert out_a is x_a
+
+
+def test_unknown_feature_conv_names_the_key():
+    with pytest.raises(ValueError, match="MODEL.SELM.DAM.FEATURE_CONV"):
+        build_dam("dual", 12, 8, 0.0, feature_conv="separable")

@@ -12,6 +12,9 @@ Design choices where the paper is silent:
   each second's audio re-weights its own frame. Temporal context is BCSM's job (Mamba over
   time); a wider kernel would also let padding frames (AVSS clips padded to 10 frames) leak
   into the last real frames.
+- The Conv1D over feature positions has no stated width: ``MODEL.SELM.DAM.FEATURE_CONV``
+  ``depthwise`` (the configs' choice: a scale and shift per channel, "light-weight") or
+  ``pointwise`` (C x C, about 1 GMAC per R50 stage and 5-frame clip).
 - Every variant is the identity at initialisation: the last layer of the conditioning branch
   (the branch of the *other* modality) is zero-initialised and the re-weighting is residual,
   ``F^a = F + F ⊙ W``. The encoders are ImageNet/AudioSet pretrained and each later stage
@@ -30,9 +33,10 @@ Variants (paper Tables 4 and 6), selected by :func:`build_dam` from ``MODEL.SELM
 """
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 __all__ = ["A2VBlock", "V2ABlock", "DualAlignmentModule", "AddFusion", "ConcatFusion",
-           "build_dam", "dam_writes", "DAM_MODES"]
+           "build_dam", "dam_writes", "DAM_MODES", "FEATURE_CONVS"]
 
 
 def _tokens(x, num_frames):
@@ -46,15 +50,30 @@ def _per_frame(tokens):
     return tokens.transpose(1, 2).reshape(-1, tokens.shape[1], 1, 1)
 
 
-class _ConvBranch(nn.Sequential):
-    """Conv1D -> GELU -> Dropout over [N, C_in, L] (a token sequence or flattened positions)."""
+FEATURE_CONVS = ("pointwise", "depthwise")
 
-    def __init__(self, in_channels, out_channels, dropout, zero_init=False):
-        conv = nn.Conv1d(in_channels, out_channels, kernel_size=1)
+
+class _ConvBranch(nn.Module):
+    """Conv1D (kernel 1) -> GELU -> Dropout over [N, C_in, L] (a token sequence or flattened
+    positions). ``depthwise`` (C_in == C_out) gives each channel its own scale and shift
+    instead of mixing the channels."""
+
+    def __init__(self, in_channels, out_channels, dropout, zero_init=False, depthwise=False):
+        super().__init__()
+        self.conv = nn.Conv1d(in_channels, out_channels, kernel_size=1,
+                              groups=out_channels if depthwise else 1)
         if zero_init:
-            nn.init.zeros_(conv.weight)
-            nn.init.zeros_(conv.bias)
-        super().__init__(conv, nn.GELU(), nn.Dropout(dropout))
+            nn.init.zeros_(self.conv.weight)
+            nn.init.zeros_(self.conv.bias)
+        self.depthwise = depthwise
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x):
+        if self.depthwise:  # one fused op instead of a grouped convolution (CPU: ~1.5x faster)
+            x = torch.addcmul(self.conv.bias[:, None], x, self.conv.weight[:, 0])
+        else:
+            x = self.conv(x)
+        return self.dropout(F.gelu(x))
 
 
 class _ReweightBlock(nn.Module):
@@ -62,12 +81,18 @@ class _ReweightBlock(nn.Module):
 
     ``W = Branch_cond(tokens) ⊙ Branch_feat(F)`` (tokens broadcast over positions), then
     ``F + F ⊙ W``. A2VBlock and V2ABlock are this block with the roles swapped.
+    ``feature_conv`` is Branch_feat's Conv1D: ``pointwise`` (C x C, mixes channels) or
+    ``depthwise`` (per channel).
     """
 
-    def __init__(self, feat_channels, cond_channels, dropout):
+    def __init__(self, feat_channels, cond_channels, dropout, feature_conv="pointwise"):
         super().__init__()
+        if feature_conv not in FEATURE_CONVS:
+            raise ValueError("MODEL.SELM.DAM.FEATURE_CONV={!r} is unknown: use one of {}".format(
+                feature_conv, ", ".join(FEATURE_CONVS)))
         self.cond_branch = _ConvBranch(cond_channels, feat_channels, dropout, zero_init=True)
-        self.feat_branch = _ConvBranch(feat_channels, feat_channels, dropout)
+        self.feat_branch = _ConvBranch(feat_channels, feat_channels, dropout,
+                                       depthwise=feature_conv == "depthwise")
 
     def forward(self, feats, cond_tokens):
         """
@@ -79,31 +104,34 @@ class _ReweightBlock(nn.Module):
         """
         n, c, h, w = feats.shape
         cond = _per_frame(self.cond_branch(cond_tokens))  # [B*T, C_f, 1, 1]
-        weight = self.feat_branch(feats.flatten(2)).view(n, c, h, w) * cond
-        return feats + feats * weight
+        weight = self.feat_branch(feats.flatten(2)).view(n, c, h, w).mul_(cond)
+        return torch.addcmul(feats, feats, weight)
 
 
 class A2VBlock(_ReweightBlock):
     """Audio-to-visual alignment: audio tokens re-weight the visual features."""
 
-    def __init__(self, visual_channels, audio_channels, dropout):
-        super().__init__(visual_channels, audio_channels, dropout)
+    def __init__(self, visual_channels, audio_channels, dropout, feature_conv="pointwise"):
+        super().__init__(visual_channels, audio_channels, dropout, feature_conv)
 
 
 class V2ABlock(_ReweightBlock):
     """Visual-to-audio alignment: visual tokens (frames average-pooled) re-weight the audio map."""
 
-    def __init__(self, visual_channels, audio_channels, dropout):
-        super().__init__(audio_channels, visual_channels, dropout)
+    def __init__(self, visual_channels, audio_channels, dropout, feature_conv="pointwise"):
+        super().__init__(audio_channels, visual_channels, dropout, feature_conv)
 
 
 class DualAlignmentModule(nn.Module):
     """DAM with either or both of its sub-blocks; both read the stage's un-aligned features."""
 
-    def __init__(self, visual_channels, audio_channels, dropout, a2v=True, v2a=True):
+    def __init__(self, visual_channels, audio_channels, dropout, a2v=True, v2a=True,
+                 feature_conv="pointwise"):
         super().__init__()
-        self.a2v = A2VBlock(visual_channels, audio_channels, dropout) if a2v else None
-        self.v2a = V2ABlock(visual_channels, audio_channels, dropout) if v2a else None
+        self.a2v = (A2VBlock(visual_channels, audio_channels, dropout, feature_conv)
+                    if a2v else None)
+        self.v2a = (V2ABlock(visual_channels, audio_channels, dropout, feature_conv)
+                    if v2a else None)
 
     def forward(self, x_v, x_a, num_frames):
         """
@@ -172,13 +200,16 @@ def dam_writes(mode):
     return set(_WRITES[mode])
 
 
-def build_dam(mode, visual_channels, audio_channels, dropout, directions=None):
+def build_dam(mode, visual_channels, audio_channels, dropout, directions=None,
+              feature_conv="pointwise"):
     """Builds the DAM variant for one stage pair, or returns None when it would do nothing.
 
     Args:
         mode: one of ``DAM_MODES``.
         directions: the subset of ``dam_writes(mode)`` to build (default: all). SelM leaves
             out a direction whose output nothing downstream reads.
+        feature_conv: Conv1D of the branch over feature positions in A2V/V2A, one of
+            ``FEATURE_CONVS`` (``MODEL.SELM.DAM.FEATURE_CONV``).
     Every variant has ``forward(x_v, x_a, num_frames) -> (x_v, x_a)`` with unchanged shapes.
     """
     writes = dam_writes(mode)
@@ -188,4 +219,5 @@ def build_dam(mode, visual_channels, audio_channels, dropout, directions=None):
     if mode in _FUSIONS:
         return _FUSIONS[mode](visual_channels, audio_channels, dropout)
     return DualAlignmentModule(visual_channels, audio_channels, dropout,
-                               a2v="visual" in directions, v2a="audio" in directions)
+                               a2v="visual" in directions, v2a="audio" in directions,
+                               feature_conv=feature_conv)

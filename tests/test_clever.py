@@ -179,3 +179,49 @@ def test_bad_widths_name_keys():
         _decoder(nheads=3, hidden_dim=16)
     with pytest.raises(ValueError, match="HIDDEN_DIM"):
         _decoder(nheads=1, hidden_dim=18)
+
+
+def test_mix_block_is_upsample_then_concat_then_project():
+    """The mix projects the previous level before upsampling; by linearity that must equal
+    the paper's order, written out here: upsample, concatenate with the next level, 1x1 conv."""
+    from torch.nn import functional as F
+
+    from selm_d2.modeling.clever import _MixBlock
+
+    torch.manual_seed(0)
+    block = _MixBlock(D, 3).eval()
+    mixed, maps, nxt = torch.randn(2, D, 5, 7), torch.randn(2, 3, 5, 7), torch.randn(2, D, 10, 13)
+    up = F.interpolate(torch.cat([mixed, maps], dim=1), size=(10, 13), mode="bilinear",
+                       align_corners=False)
+    expected = block.proj(torch.cat([up, nxt], dim=1))
+    torch.testing.assert_close(block(mixed, maps, nxt), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("num_queries,padding", [(1, False), (3, True)])
+def test_few_query_attention_matches_multihead_attention(num_queries, padding):
+    """The re-associated inference attention against torch's nn.MultiheadAttention."""
+    from selm_d2.modeling.clever import _few_query_attention
+
+    torch.manual_seed(0)
+    attn = torch.nn.MultiheadAttention(32, 4, batch_first=True).eval()
+    torch.nn.init.normal_(attn.in_proj_bias)  # biases take part (the key bias cancels)
+    query, key, value = torch.randn(2, num_queries, 32), torch.randn(2, 9, 32), torch.randn(2, 9, 32)
+    mask = None
+    if padding:
+        mask = torch.zeros(2, 9, dtype=torch.bool)
+        mask[0, 6:] = True
+    expected = attn(query, key, value, key_padding_mask=mask, need_weights=False)[0]
+    torch.testing.assert_close(_few_query_attention(attn, query, key, value, mask), expected,
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_decoder_inference_matches_training_mode_attention():
+    """Eval mode takes the few-query path; with dropout 0 train mode computes the same masks."""
+    torch.manual_seed(0)
+    decoder = _decoder(num_queries=1, mask_head="dot", mask_in_feature=None)
+    feats, audio, valid = _inputs()
+    decoder.train()
+    train_out = decoder(feats, audio, valid)["pred_masks"]
+    decoder.eval()
+    torch.testing.assert_close(decoder(feats, audio, valid)["pred_masks"], train_out,
+                               rtol=1e-4, atol=1e-4)

@@ -13,8 +13,8 @@ after layers 1 and 2 the layer's mixed features and its per-query mask maps are 
 concatenated with the next level's F^s and projected (1x1 conv + GN + ReLU) into the next
 mixed features. Every layer's masks come from ``MaskHead`` on its queries and mixed features;
 the last layer's are the final masks (paper), or, with ``MASK_FUSION`` (ours), the last
-layer's mixed features are first fused the same way with the stride-4 ``MASK_IN_FEATURE``
-features and the final masks are made at stride 4.
+layer's mixed features are first fused the same way with the ``MASK_IN_FEATURE`` features
+(res2, stride 4; or ResNet's res1, stride 2) and the final masks are made at that stride.
 
 Variants (config switches; paper configs use the first of each):
 
@@ -23,7 +23,7 @@ Variants (config switches; paper configs use the first of each):
   for AVSS), ``mix`` (ours: a 1x1 conv mixes Nq query maps into C_out logits; for AVSS, 71
   logits from Nq maps are rank Nq), ``semantic`` (Mask2Former's semantic inference). See
   ``MaskHead``.
-- ``MASK_FUSION``: False (paper) / True (ours: stride-4 fusion of ``MASK_IN_FEATURE``).
+- ``MASK_FUSION``: False (paper) / True (ours: fusion of ``MASK_IN_FEATURE``, res2 or res1).
 
 Choices where the paper is silent:
 
@@ -109,7 +109,12 @@ def _group_norm(channels):
 
 
 class _Attention(nn.Module):
-    """Post-norm attention block: ``norm(q + drop(attn(q + q_pos, k + k_pos, k)))``."""
+    """Post-norm attention block: ``norm(q + drop(attn(q + q_pos, k + k_pos, k)))``.
+
+    At inference, when there are few queries (Nq * heads < d, e.g. the paper's single query
+    for S4/MS3), the attention is computed re-associated (``_few_query_attention``): the same
+    function without projecting every key and value.
+    """
 
     def __init__(self, dim, nheads, dropout):
         super().__init__()
@@ -118,9 +123,43 @@ class _Attention(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, queries, query_pos, memory, memory_pos, key_padding_mask=None):
-        out = self.attn(queries + query_pos, memory + memory_pos, memory,
-                        key_padding_mask=key_padding_mask, need_weights=False)[0]
+        if not self.training and queries.shape[1] * self.attn.num_heads < self.attn.embed_dim:
+            out = _few_query_attention(self.attn, queries + query_pos, memory + memory_pos,
+                                       memory, key_padding_mask)
+        else:
+            out = self.attn(queries + query_pos, memory + memory_pos, memory,
+                            key_padding_mask=key_padding_mask, need_weights=False)[0]
         return self.norm(queries + self.dropout(out))
+
+
+def _few_query_attention(attn, query, key, value, key_padding_mask=None):
+    """``attn(query, key, value)[0]`` (an ``nn.MultiheadAttention``, batch_first, no dropout)
+    with the key and value projections moved to the query side.
+
+    Per head h, ``(q W_qh + b_qh)(k W_kh + b_kh)^T`` is ``((q W_qh + b_qh) W_kh^T) k^T`` plus a
+    term constant over the keys, which softmax ignores; and since the attention weights sum to
+    1, ``sum_l a_l (v_l W_vh + b_vh) = (sum_l a_l v_l) W_vh + b_vh``. Cost O(Nq * H * L * d)
+    instead of O(L * d^2) for L keys: less whenever Nq * H < d.
+
+    Args:
+        query [N, Nq, d]; key, value [N, L, d]; key_padding_mask [N, L] bool (True = ignore).
+    Returns:
+        [N, Nq, d]
+    """
+    n, nq, d = query.shape
+    heads, head_dim = attn.num_heads, d // attn.num_heads
+    w_q, w_k, w_v = attn.in_proj_weight.chunk(3)
+    b_q, _, b_v = attn.in_proj_bias.chunk(3)
+    q = F.linear(query, w_q, b_q).view(n * nq, heads, 1, head_dim) * head_dim ** -0.5
+    # [N*Nq, H, 1, e] @ [H, e, d] -> each query head in key space, as [N, Nq*H, d].
+    q = torch.matmul(q, w_k.view(heads, head_dim, d)).view(n, nq * heads, d)
+    logits = torch.bmm(q, key.transpose(1, 2))  # [N, Nq*H, L]
+    if key_padding_mask is not None:
+        logits = logits.masked_fill(key_padding_mask[:, None, :], float("-inf"))
+    pooled = torch.bmm(logits.softmax(dim=-1), value)  # [N, Nq*H, d]
+    # [N*Nq, H, 1, d] @ [H, d, e] -> [N*Nq, H, 1, e]: each head's value projection.
+    out = torch.matmul(pooled.view(n * nq, heads, 1, d), w_v.view(heads, head_dim, d).transpose(1, 2))
+    return attn.out_proj(out.reshape(n, nq, d) + b_v)
 
 
 class _FFN(nn.Module):
@@ -164,7 +203,12 @@ class AVTransformerLayer(nn.Module):
 
 
 class _MixBlock(nn.Module):
-    """Mixed features for the next level: up(prev features, prev mask maps) ++ next -> 1x1 conv."""
+    """Mixed features for the next level: up(prev features, prev mask maps) ++ next -> 1x1 conv.
+
+    The 1x1 conv has no bias and bilinear upsampling is linear per channel, so the conv's
+    share over the previous level is applied before upsampling, at the coarse resolution
+    (4x fewer positions): the same function, less work.
+    """
 
     def __init__(self, dim, num_queries):
         super().__init__()
@@ -172,9 +216,13 @@ class _MixBlock(nn.Module):
                                   _group_norm(dim), nn.ReLU(inplace=True))
 
     def forward(self, mixed, maps, next_feats):
-        prev = F.interpolate(torch.cat([mixed, maps], dim=1), size=next_feats.shape[-2:],
-                             mode="bilinear", align_corners=False)
-        return self.proj(torch.cat([prev, next_feats], dim=1))
+        """mixed [N, d, h, w], maps [N, Nq, h, w], next_feats [N, d, H, W] -> [N, d, H, W]"""
+        conv, norm_act = self.proj[0], self.proj[1:]
+        prev_channels = mixed.shape[1] + maps.shape[1]
+        prev = F.conv2d(torch.cat([mixed, maps], dim=1), conv.weight[:, :prev_channels])
+        prev = F.interpolate(prev, size=next_feats.shape[-2:], mode="bilinear",
+                             align_corners=False)
+        return norm_act(prev + F.conv2d(next_feats, conv.weight[:, prev_channels:]))
 
 
 class _MLP(nn.Sequential):

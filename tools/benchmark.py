@@ -70,6 +70,13 @@ def load_cfg(path, device, opts=()):
     return cfg
 
 
+def build_seeded(cfg):
+    """``build_model`` with a fixed seed, so that every run and every model of a run times the
+    same weights and inputs (values can change CPU time, e.g. through denormal numbers)."""
+    torch.manual_seed(0)
+    return build_model(cfg)
+
+
 def clip_input(num_frames, size, num_classes=1, train=False):
     """One mapper-style clip dict of random content."""
     clip = {
@@ -126,7 +133,7 @@ def _encoders_alone(model, images, audio):
 def bench_latency(device, repeats):
     rows = []
     for name, path in PAPER_CONFIGS.items():
-        model = build_model(load_cfg(path, device)).eval()
+        model = build_seeded(load_cfg(path, device)).eval()
         clip = clip_input(5, 224)
         images = ((clip["image"].float() - model.pixel_mean.cpu()) / model.pixel_std.cpu()).to(device)
         audio = clip["audio"].to(device)
@@ -144,7 +151,7 @@ def bench_latency(device, repeats):
 
 def bench_scaling(device, repeats):
     """SelM-R50 latency over T and over frame size, each series timed interleaved."""
-    model = build_model(load_cfg(PAPER_CONFIGS["R50"], device)).eval()
+    model = build_seeded(load_cfg(PAPER_CONFIGS["R50"], device)).eval()
 
     def series(shapes):
         clips = {shape: clip_input(*shape) for shape in shapes}
@@ -211,7 +218,7 @@ class ModuleTimer:
 def bench_breakdown(device, repeats, frames=(5, 40)):
     """Per-part time of one SelM-R50 clip (224²) at each T of ``frames`` (medians of repeats);
     "other" is what no part covers (normalisation, padding, token pooling, post-processing)."""
-    model = build_model(load_cfg(PAPER_CONFIGS["R50"], device)).eval()
+    model = build_seeded(load_cfg(PAPER_CONFIGS["R50"], device)).eval()
     timer = ModuleTimer(model, device)
     rows = []
     for t in frames:
@@ -234,7 +241,7 @@ def bench_breakdown(device, repeats, frames=(5, 40)):
 
 
 def _train_step_time(cfg, device, repeats, batch):
-    model = build_model(cfg).train()
+    model = build_seeded(cfg).train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5)
     clips = [clip_input(cfg.INPUT.AVS.NUM_FRAMES, cfg.INPUT.AVS.SIZE, cfg.MODEL.SELM.NUM_CLASSES, train=True)
@@ -324,7 +331,7 @@ def bench_flops(device):
 
     rows = []
     for name, path in PAPER_CONFIGS.items():
-        model = build_model(load_cfg(path, device)).eval()
+        model = build_seeded(load_cfg(path, device)).eval()
         clip = clip_input(5, 224)
         counter = FlopCounterMode(display=False)
         # Not under no_grad: FlopCounterMode's module tracker hooks autograd.
@@ -348,7 +355,7 @@ def _avss_clip_peak(device, request):
     """In a fresh process: (model footprint MB, peak MB above it) of one eval pass."""
     torch.set_num_threads(max(1, torch.get_num_threads()))
     cfg = load_cfg(AVSS_CONFIG, device)
-    model = build_model(cfg).eval()
+    model = build_seeded(cfg).eval()
     clip = dict(clip_input(10, cfg.INPUT.AVS.SIZE), height=720, width=1280, **request)
     if device == "cuda":
         torch.cuda.synchronize()

@@ -135,7 +135,9 @@ class Trainer(DefaultTrainer):
         and Mamba's ``A_log``/``D`` (marked ``_no_weight_decay`` as mamba-ssm does)."""
         base_lr = cfg.SOLVER.BASE_LR
         multipliers = {"backbone.": cfg.SOLVER.BACKBONE_MULTIPLIER, "audio_encoder.": cfg.SOLVER.AUDIO_MULTIPLIER}
-        params, seen = [], set()
+        # One group per (lr, weight decay): the optimizers' multi-tensor (foreach) paths then
+        # update a whole group at once instead of one parameter at a time.
+        groups, seen = {}, set()
         for module_name, module in model.named_modules():
             for name, value in module.named_parameters(recurse=False):
                 if not value.requires_grad or value in seen:
@@ -151,15 +153,18 @@ class Trainer(DefaultTrainer):
                     weight_decay = cfg.SOLVER.WEIGHT_DECAY_NORM
                 elif isinstance(module, torch.nn.Embedding) or getattr(value, "_no_weight_decay", False):
                     weight_decay = 0.0
-                params.append({"params": [value], "lr": lr, "weight_decay": weight_decay})
+                groups.setdefault((lr, weight_decay), []).append(value)
+        params = [{"params": values, "lr": lr, "weight_decay": weight_decay}
+                  for (lr, weight_decay), values in groups.items()]
 
         optimizer_type = cfg.SOLVER.OPTIMIZER.upper()
         if optimizer_type == "ADAMW":
             optimizer_cls = torch.optim.AdamW
-            kwargs = {"betas": (0.9, 0.999)}
+            kwargs = {"betas": (0.9, 0.999), "foreach": True}
         elif optimizer_type == "SGD":
             optimizer_cls = torch.optim.SGD
-            kwargs = {"momentum": cfg.SOLVER.MOMENTUM, "nesterov": cfg.SOLVER.NESTEROV}
+            kwargs = {"momentum": cfg.SOLVER.MOMENTUM, "nesterov": cfg.SOLVER.NESTEROV,
+                      "foreach": True}
         else:
             raise ValueError("SOLVER.OPTIMIZER={!r} is not supported: use ADAMW or SGD".format(cfg.SOLVER.OPTIMIZER))
 

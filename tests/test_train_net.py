@@ -150,3 +150,32 @@ def test_avss_trains_and_evaluates_with_padded_clips(tmp_path):
     results = Trainer.test(cfg, trainer.model)["sem_seg"]
     for key in ("mIoU", "F", "mIoU_noBg", "F_noBg"):
         assert 0.0 <= results[key] <= 100.0, key
+
+
+def test_optimizer_groups_follow_the_decay_and_lr_rules(tiny_synth, tmp_path):
+    """One group per (lr, weight decay); norms, embeddings and Mamba's A_log/D are not decayed;
+    the backbone gets its LR multiplier; every trainable parameter is in exactly one group."""
+    import train_net
+    from detectron2.modeling import build_model
+
+    cfg = _cfg(tiny_synth, tmp_path, 1)
+    cfg.defrost()
+    cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1
+    model = build_model(cfg)
+    optimizer = train_net.Trainer.build_optimizer(cfg, model)
+    group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(trainable)
+    keys = [(g["lr"], g["weight_decay"]) for g in optimizer.param_groups]
+    assert len(keys) == len(set(keys)) <= 4
+    base, decay = cfg.SOLVER.BASE_LR, cfg.SOLVER.WEIGHT_DECAY
+    for name, p in trainable:
+        group = group_of[id(p)]
+        no_decay = ("norm" in name or name.endswith(("A_log", "D")) or "query_feat" in name
+                    or "query_embed" in name or ".bn" in name)
+        lr = base * 0.1 if name.startswith("backbone.") else base
+        assert group["lr"] == pytest.approx(lr), name
+        if no_decay:
+            assert group["weight_decay"] == cfg.SOLVER.WEIGHT_DECAY_NORM or group["weight_decay"] == 0.0, name
+        elif name.endswith("weight") and p.dim() > 1:
+            assert group["weight_decay"] == decay, name

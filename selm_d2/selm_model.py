@@ -118,14 +118,16 @@ class SelM(nn.Module):
         NOTE: this interface is experimental.
 
         Args:
-            backbone: staged visual encoder (``stage_names``, ``forward_stem``, ``forward_stage``).
+            backbone: staged visual encoder (``stage_names``, ``stem_levels``, ``forward_stem``,
+                ``forward_stage``).
             audio_encoder: staged VGGish; visual stage i is paired with audio stage i.
             dam: nn.ModuleDict {visual stage name: DAM variant}; stages not in it are not fused.
             sem_seg_head: a ``SelMHead``: ``forward(features, audio_tokens, embedding,
                 frame_valid) -> (outputs, selection maps)``.
             criterion: SelMCriterion.
             num_classes: K (1 = binary).
-            level_strides: {level: stride}, to crop selection maps to the un-padded frame.
+            level_strides: {level: stride} of every level the head reads: stem levels in it are
+                kept from the stem, and selection maps are cropped to the un-padded frame.
             pixel_mean, pixel_std: per-channel normalisation of the RGB 0..255 input.
             return_selection_maps: add BCSM's A2V selection maps to inference outputs.
             size_divisibility: frames are zero-padded (after normalisation) to a multiple.
@@ -182,7 +184,9 @@ class SelM(nn.Module):
                 "MODEL.SEM_SEG_HEAD.NAME={!r} is not a SelM head: SelM needs \"SelMHead\" (or a "
                 "subclass of selm_d2.modeling.SelMHead). detectron2's default is "
                 "SemSegFPNHead; configs/Base-SelM.yaml sets SelMHead.".format(head_name))
-        sem_seg_head = build_sem_seg_head(cfg, shapes)
+        # The head may also read the stem's own features (ResNet's stride-2 res1) as a mask level.
+        head_shapes = dict(shapes, **backbone.stem_levels)
+        sem_seg_head = build_sem_seg_head(cfg, head_shapes)
 
         audio_stage = dict(zip(stage_names, audio_encoder.stage_names))
         audio_channels = {v: audio_encoder.stage_channels[a] for v, a in audio_stage.items()}
@@ -193,7 +197,8 @@ class SelM(nn.Module):
         dam = nn.ModuleDict()
         for stage in selm.DAM.STAGES:
             module = build_dam(selm.DAM.MODE, shapes[stage].channels, audio_channels[stage],
-                               selm.DAM.DROPOUT, directions=plan[stage])
+                               selm.DAM.DROPOUT, directions=plan[stage],
+                               feature_conv=selm.DAM.FEATURE_CONV)
             if module is not None:
                 dam[stage] = module
         _freeze_unread_stages(backbone, audio_encoder, trains, audio_stage,
@@ -205,7 +210,8 @@ class SelM(nn.Module):
             "sem_seg_head": sem_seg_head,
             "criterion": SelMCriterion(cfg),
             "num_classes": selm.NUM_CLASSES,
-            "level_strides": {name: shapes[name].stride for name in sem_seg_head.visual_levels},
+            "level_strides": {name: head_shapes[name].stride
+                              for name in sem_seg_head.visual_levels},
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "return_selection_maps": selm.RETURN_SELECTION_MAPS,
@@ -276,9 +282,10 @@ class SelM(nn.Module):
              last audio stage output [n, C_a4, 6, 4]).
         """
         n = images.shape[0]
-        x_v = self.backbone.forward_stem(images)
+        x_v, stem_levels = self.backbone.forward_stem(images)
         x_a = audio
-        visual, pooled = {}, {}
+        visual = {name: f for name, f in stem_levels.items() if name in self.level_strides}
+        pooled = {}
         for vname, aname in zip(self.backbone.stage_names, self.audio_encoder.stage_names):
             x_v = self.backbone.forward_stage(vname, x_v)
             x_a = self.audio_encoder.forward_stage(aname, x_a)

@@ -44,7 +44,7 @@ def pvt_cfg(variant="pvt_v2_b0", freeze_at=0, out=STAGES):
 
 def run_staged(backbone, x):
     feats = {}
-    x = backbone.forward_stem(x)
+    x, _ = backbone.forward_stem(x)
     for name in backbone.stage_names:
         x = backbone.forward_stage(name, x)
         feats[name] = x

@@ -132,6 +132,8 @@ ABLATIONS = [
     ("MODEL.SELM.CLEVER.CROSS_LEVEL", False),
     ("MODEL.SELM.CLEVER.CROSS_LEVEL", False, "MODEL.SELM.CLEVER.MASK_FUSION", True),
     ("MODEL.SELM.CLEVER.MASK_FUSION", True),
+    ("MODEL.SELM.CLEVER.MASK_FUSION", True, "MODEL.SELM.CLEVER.MASK_IN_FEATURE", "res1"),
+    ("MODEL.SELM.DAM.FEATURE_CONV", "depthwise"),
     ("MODEL.SELM.CLEVER.MASK_HEAD", "mix", "MODEL.SELM.CLEVER.NUM_QUERIES", 4),
     ("MODEL.SELM.CLEVER.MASK_HEAD", "semantic", "MODEL.SELM.CLEVER.NUM_QUERIES", 4),
     ("MODEL.SELM.LOSS.DICE_WEIGHT", 0.0), ("MODEL.SELM.LOSS.BCE_WEIGHT", 0.0),
@@ -161,9 +163,10 @@ def test_ablation_switches_train(opts):
         assert sorted(head.bcsm) == ["res3"]
         # res5's visual output feeds nothing; its audio output still feeds the embedding.
         assert model.dam["res5"].a2v is None and model.dam["res5"].v2a is not None
-    # The mask level is read (and projected) only with the stride-4 fusion.
+    # The mask level is read (and projected) only with the fusion.
     fusion = switches.get("MODEL.SELM.CLEVER.MASK_FUSION", False)
-    assert ("res2" in head.visual_proj) == fusion
+    mask_level = switches.get("MODEL.SELM.CLEVER.MASK_IN_FEATURE", "res2")
+    assert (mask_level in head.visual_proj) == fusion
     assert (head.clever.mask_mix is not None) == fusion
     if "MODEL.SELM.CLEVER.AUDIO_CROSS_ATTN" in switches:
         # T^s feeds only the audio cross-attention: BCSM keeps its A2V branch alone.
@@ -204,6 +207,28 @@ def test_mask_head_variants_shapes_and_probabilities(mask_head, fusion, num_clas
     if not fusion:
         assert raw["pred_masks"] is raw["aux_masks"][-1]
     assert probs.shape == (3, num_classes + 1, 50, 70)
+    assert probs.min() >= 0 and probs.max() <= 1
+    assert torch.allclose(probs.sum(dim=1), torch.ones(3, 50, 70), atol=1e-5)
+
+
+def test_res1_mask_level_gives_stride_2_masks():
+    """ResNet's res1 (conv1 before the max-pool) as the fused mask level: masks at stride 2,
+    and the stem feature is detectron2's BasicStem activation."""
+    model = tiny_model("MODEL.SELM.CLEVER.MASK_FUSION", True,
+                       "MODEL.SELM.CLEVER.MASK_IN_FEATURE", "res1")
+    clip = make_clip(t=3, h=64, w=96, orig=(50, 70))
+    model.eval()
+    with torch.no_grad():
+        images, audio, valid = model._preprocess([clip])
+        stem_out, levels = model.backbone.forward_stem(images)
+        torch.testing.assert_close(stem_out, model.backbone.stem(images))
+        torch.testing.assert_close(
+            torch.nn.functional.max_pool2d(levels["res1"], 3, 2, 1), stem_out)
+        visual, tokens, embedding = model._encode(images, audio, 3)
+        raw = model.sem_seg_head(visual, tokens, embedding, valid)[0]
+        probs = model([clip])[0]["sem_seg"]
+    assert raw["pred_masks"].shape == (3, 1, 32, 48)
+    assert probs.shape == (3, 2, 50, 70)
     assert probs.min() >= 0 and probs.max() <= 1
     assert torch.allclose(probs.sum(dim=1), torch.ones(3, 50, 70), atol=1e-5)
 
@@ -399,7 +424,7 @@ def test_inference_outputs_on_request():
     (("MODEL.SELM.CLEVER.NUM_QUERIES", 4), "MASK_HEAD 'dot'.*NUM_QUERIES must equal.* 1 "),
     (("MODEL.SELM.NUM_CLASSES", 3), "MASK_HEAD 'dot'.*NUM_QUERIES.*NUM_CLASSES \\+ 1"),
     (("MODEL.SELM.CLEVER.MASK_HEAD", "conv"), "MODEL.SELM.CLEVER.MASK_HEAD='conv' is unknown"),
-    (("MODEL.SELM.CLEVER.MASK_FUSION", True, "MODEL.SELM.CLEVER.MASK_IN_FEATURE", "res1"),
+    (("MODEL.SELM.CLEVER.MASK_FUSION", True, "MODEL.SELM.CLEVER.MASK_IN_FEATURE", "stem"),
      "MASK_IN_FEATURE"),
     (("MODEL.SEM_SEG_HEAD.NAME", "SemSegFPNHead"), "MODEL.SEM_SEG_HEAD.NAME='SemSegFPNHead'"),
     (("MODEL.SELM.NUM_CLASSES", 3, "MODEL.SELM.CLEVER.MASK_HEAD", "semantic",

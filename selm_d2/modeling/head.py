@@ -8,8 +8,8 @@ detectron2's ``SEM_SEG_HEADS_REGISTRY`` and a criterion. SelM's head is, per CLE
     audio stage tokens + VGGish embedding --Linear + LN--> A [B, T, d] --/
 
 and CLEVER (``MODEL.SELM.CLEVER.NAME`` in ``SELM_DECODER_REGISTRY``) turns the selected
-features into masks. With ``MODEL.SELM.CLEVER.MASK_FUSION`` the stride-4
-``MASK_IN_FEATURE`` level is projected too (not selected) and fused into the final masks.
+features into masks. With ``MODEL.SELM.CLEVER.MASK_FUSION`` the ``MASK_IN_FEATURE`` level
+(res2, or the stem's res1) is projected too (not selected) and fused into the final masks.
 
 Choices where the paper is silent (README, "Where this implementation departs from the paper"):
 
@@ -59,9 +59,11 @@ def paired_audio_channels(cfg, input_shape):
     """{visual level: channels of the VGGish block paired with it}.
 
     SelM pairs the i-th visual stage (by stride) with the i-th VGGish conv block, whose width
-    is ``MODEL.SELM.AUDIO.CHANNELS[i]``.
+    is ``MODEL.SELM.AUDIO.CHANNELS[i]``. Stem levels (stride < 4: ResNet's res1) are not
+    stages and have no partner.
     """
-    levels = sorted(input_shape, key=lambda name: input_shape[name].stride)
+    levels = sorted((name for name in input_shape if input_shape[name].stride >= 4),
+                    key=lambda name: input_shape[name].stride)
     return dict(zip(levels, cfg.MODEL.SELM.AUDIO.CHANNELS))
 
 

@@ -110,9 +110,15 @@ class StagedPVTv2(Backbone):
             "freeze_at": cfg.MODEL.BACKBONE.FREEZE_AT,
         }
 
+    @property
+    def stem_levels(self):
+        """No stem features: the first patch embedding belongs to res2."""
+        return {}
+
     def forward_stem(self, x):
-        """Identity: the first patch embedding belongs to res2 (as in the original PVT-v2)."""
-        return x
+        """Identity: the first patch embedding belongs to res2 (as in the original PVT-v2).
+        Returns (x, {}), the stem's output and its ``stem_levels``."""
+        return x, {}
 
     def forward_stage(self, name, x):
         """
@@ -146,7 +152,7 @@ class StagedPVTv2(Backbone):
                 "StagedPVTv2 takes [N, C, H, W] images, got shape {}.".format(tuple(x.shape))
             )
         outputs = {}
-        x = self.forward_stem(x)
+        x, _ = self.forward_stem(x)
         for name in self.stage_names:
             x = self.forward_stage(name, x)
             if name in self._out_features:

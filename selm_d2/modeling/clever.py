@@ -158,7 +158,8 @@ def _few_query_attention(attn, query, key, value, key_padding_mask=None):
         logits = logits.masked_fill(key_padding_mask[:, None, :], float("-inf"))
     pooled = torch.bmm(logits.softmax(dim=-1), value)  # [N, Nq*H, d]
     # [N*Nq, H, 1, d] @ [H, d, e] -> [N*Nq, H, 1, e]: each head's value projection.
-    out = torch.matmul(pooled.view(n * nq, heads, 1, d), w_v.view(heads, head_dim, d).transpose(1, 2))
+    out = torch.matmul(pooled.view(n * nq, heads, 1, d),
+                       w_v.view(heads, head_dim, d).transpose(1, 2))
     return attn.out_proj(out.reshape(n, nq, d) + b_v)
 
 
@@ -207,7 +208,7 @@ class _MixBlock(nn.Module):
 
     The 1x1 conv has no bias and bilinear upsampling is linear per channel, so the conv's
     share over the previous level is applied before upsampling, at the coarse resolution
-    (4x fewer positions): the same function, less work.
+    (4x or more fewer positions): the same function, less work.
     """
 
     def __init__(self, dim, num_queries):

@@ -191,10 +191,10 @@ def _reference_forward(module, hidden_states):
     return y.transpose(1, 2) @ module.out_proj.weight.t()
 
 
-@pytest.mark.parametrize("length", [1, 3, 45])
-def test_module_forward_matches_reference_assembly(length):
+@pytest.mark.parametrize("length,conv_bias", [(1, True), (3, True), (45, True), (45, False)])
+def test_module_forward_matches_reference_assembly(length, conv_bias):
     torch.manual_seed(1)
-    module = Mamba(24, d_state=6, d_conv=4, impl="torch")
+    module = Mamba(24, d_state=6, d_conv=4, conv_bias=conv_bias, impl="torch")
     hidden = torch.randn(2, length, 24)
     out = module(hidden)
     assert out.shape == (2, length, 24)

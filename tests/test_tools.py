@@ -1,5 +1,6 @@
 """tools/gpu_check.py runs its steps end to end (on CPU here, without AMP or mamba-ssm);
-tools/ablate.py trains a row, writes the tables and resumes."""
+tools/ablate.py trains a row, writes the tables and resumes; tools/run_demo.py trains SelM and
+its visual-only twin side by side."""
 import json
 import os
 import sys
@@ -12,6 +13,8 @@ from conftest import REPO_ROOT
 sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
 import ablate  # noqa: E402
 import gpu_check  # noqa: E402
+import run_demo  # noqa: E402
+import train_jobs  # noqa: E402
 
 
 def test_gpu_check_steps_run_and_report(tmp_path):
@@ -41,14 +44,18 @@ def test_ablate_trains_one_row_writes_the_tables_and_skips_finished_runs(tmp_pat
     root = str(tmp_path / "data")
     generate(root, layouts=("ms3",), clips_per_split={"train": 2, "val": 0, "test": 4}, size=32,
              seed=1, progress=False)
-    argv = ["--only", "full", "--seeds", "0", "--max-iter", "2",
+    # Two runs side by side (--jobs 2), as make ablate trains them.
+    argv = ["--only", "full", "bcsm_off", "--seeds", "0", "--max-iter", "2", "--jobs", "2",
             "--output-dir", str(tmp_path / "ablate"),
             "--dataset", "abl_train=avsbench_ms3:{}:train".format(root),
             "--dataset", "abl_test=avsbench_ms3:{}:test".format(root),
             "DATASETS.TRAIN", "('abl_train',)", "DATASETS.TEST", "('abl_test',)",
             "INPUT.AVS.SIZE", "32", "SOLVER.IMS_PER_BATCH", "2"]
     results = ablate.main(argv)
-    assert set(results) == {"full"} and results["full"]["M_J"]["n"] == 1
+    assert set(results) == {"full", "bcsm_off"} and results["full"]["M_J"]["n"] == 1
+    for row in results:
+        log = (tmp_path / "ablate" / "runs" / row / "seed0" / "train_net.log").read_text()
+        assert "Starting training from iteration 0" in log and "copypaste: " in log
     assert 0.0 <= results["full"]["M_J"]["mean"] <= 100.0
     text = (tmp_path / "ablate" / "tables.md").read_text()
     for title in ("Table 3", "Table 4", "Table 5", "Table 6", "Table 7", "Table 8"):
@@ -59,7 +66,7 @@ def test_ablate_trains_one_row_writes_the_tables_and_skips_finished_runs(tmp_pat
     assert saved["rows"]["full"]["runs"][0]["seed"] == 0
 
     # A finished run is not trained again; another recipe in the same folder is refused.
-    monkeypatch.setattr(ablate.subprocess, "run", None)
+    monkeypatch.setattr(ablate, "run_jobs", None)
     assert ablate.main(argv) == results
     with pytest.raises(SystemExit, match="another recipe"):
         ablate.main(argv + ["SOLVER.BASE_LR", "0.01"])
@@ -73,6 +80,54 @@ def test_ablate_summary_and_rows():
                            "dam_none": {"M_J": ablate.summarise([58.0]), "M_F": stats}}, "#")
     assert "| w/o DAM | 58.0 (-4.0) | 62.0 ± 2.0 (+0.0) | 1 |" in table
     assert "| SelM | 62.0 ± 2.0 | 62.0 ± 2.0 | 3 |" in table
-    # Every paper table's rows are defined, and every row is in a table.
-    in_tables = {key for _, rows in ablate.TABLES for key, _ in rows}
+    # The AVSS head study reports mIoU and F, without a "full" row to compare with.
+    avss = ablate.tables({"head_mix": {"mIoU": stats, "F": ablate.summarise([30.0])}}, "#",
+                         ablate.STUDIES["avss_heads"][2], ablate.STUDIES["avss_heads"][3])
+    assert "| Method | mIoU | F | seeds |" in avss
+    assert "| {} | 62.0 ± 2.0 | 30.0 | 3 |".format(ablate.ROWS["head_mix"][0]) in avss
+    # Every study's rows are defined, and every row is in a table.
+    in_tables = {key for study in ablate.STUDIES.values() for _, rows in study[2]
+                 for key, _ in rows}
     assert in_tables == set(ablate.ROWS)
+
+
+def test_run_demo_trains_selm_and_its_twin_side_by_side(tmp_path):
+    from selm_d2.data.synthetic import generate
+
+    generate(str(tmp_path / "data" / "avs_synth"), layouts=("ms3",),
+             clips_per_split={"train": 2, "val": 0, "test": 4}, size=32, seed=1, progress=False)
+    env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "data"))
+    env.pop("OMP_NUM_THREADS", None)
+    opts = ["SOLVER.MAX_ITER", "2", "INPUT.AVS.SIZE", "32", "SOLVER.IMS_PER_BATCH", "2"]
+    root = tmp_path / "demo"
+    results = run_demo.train_pair(str(root), env, 0, opts)
+    for model in ("selm", "visual_only"):
+        assert 0.0 <= results[model]["M_J"] <= 100.0
+        assert (root / model / "model_final.pth").is_file()
+    selm = results["selm"]
+    assert selm["swapped_drop"] == selm["M_J"] - selm["swapped/M_J"]
+    assert "silenced/fg_rate" in selm and "swapped/M_J" not in results["visual_only"]
+    # The twin trained on silence, with its log in a file (SelM's went to the console).
+    twin_log = (root / "visual_only.log").read_text()
+    assert "Starting training from iteration 0" in twin_log and "copypaste: " in twin_log
+    with open(root / "visual_only" / "config.yaml") as f:
+        assert "SOURCE: silence" in f.read()
+    md = run_demo.table({0: results}, [0], 1.0)
+    assert "| SelM M_J | {:.1f} | ≥ 90 |".format(selm["M_J"]) in md
+
+
+def test_train_jobs_split_the_threads_and_report_a_failing_job(tmp_path):
+    assert train_jobs.threads_per_job(2, cpus=2) == 1
+    assert train_jobs.threads_per_job(2, cpus=8) == 4
+    assert train_jobs.threads_per_job(3, cpus=2) == 1
+    assert train_jobs.job_env({"OMP_NUM_THREADS": "3"}, 2)["OMP_NUM_THREADS"] == "3"
+    assert train_jobs.job_env({}, 1)["OMP_NUM_THREADS"] == str(train_jobs.threads_per_job(1))
+    # Both jobs run to the end although one fails; the error names it and shows its log.
+    ok, bad = tmp_path / "ok.log", tmp_path / "bad.log"
+    with pytest.raises(RuntimeError, match=r"(?s)exit 3.*bad\.log.*went wrong") as err:
+        train_jobs.run_jobs(
+            [([sys.executable, "-c", "print('fine')"], str(ok)),
+             ([sys.executable, "-c", "import sys; print('went wrong'); sys.exit(3)"], str(bad))],
+            dict(os.environ), str(tmp_path))
+    assert "print('fine')" not in str(err.value)
+    assert ok.read_text().endswith("fine\n")

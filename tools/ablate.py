@@ -2,10 +2,11 @@
 """`make ablate`: the paper's ablations (Tables 3-8) on AVS-Synth MS3 with the CPU recipe.
 
 Every row is ``configs/synth/ms3.yaml`` plus the row's switches, trained and evaluated by
-``train_net.py`` in a subprocess for each seed (``SEED``); the full model is trained once and
-shared by every table. Tables 3-8 go to ``<output-dir>/tables.md`` (and ``tables.json``) as
-mean ± sample std over seeds of M_J and M_F (official batch protocol), with the difference to
-the full model and the number of seeds, as the paper reports them.
+``train_net.py`` in a subprocess for each seed (``SEED``), ``--jobs`` runs at a time with the
+CPU threads split between them; the full model is trained once and shared by every table.
+Tables 3-8 go to ``<output-dir>/tables.md`` (and ``tables.json``) as mean ± sample std over
+seeds of M_J and M_F (official batch protocol), with the difference to the full model and the
+number of seeds, as the paper reports them.
 
 A run whose ``result.json`` exists is skipped, and an interrupted run resumes from its last
 checkpoint, so re-running the command continues where it stopped. The tables hold every
@@ -27,6 +28,8 @@ import subprocess
 import sys
 
 from tqdm import tqdm
+
+from train_jobs import job_env, run_jobs
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 DEFAULT_CONFIG = "configs/synth/ms3.yaml"
@@ -51,6 +54,13 @@ ROWS = {
     "loss_bce": ("BCE", ["MODEL.SELM.LOSS.DICE_WEIGHT", "0.0",
                          "MODEL.SELM.LOSS.AUX_WEIGHTS", "[0.0, 0.0, 0.0]"]),
     "loss_bce_dice": ("+DICE", ["MODEL.SELM.LOSS.AUX_WEIGHTS", "[0.0, 0.0, 0.0]"]),
+    # CLEVER's mask head for AVSS (study "avss_heads"; NUM_QUERIES 8 from the synth recipe).
+    "head_dot": ("dot (paper): one query per output, 71 queries",
+                 ["MODEL.SELM.CLEVER.MASK_HEAD", "dot", "MODEL.SELM.CLEVER.NUM_QUERIES", "71"]),
+    "head_mix": ("mix (ours): 1x1 conv of 8 query maps to 71 logits, rank 8",
+                 ["MODEL.SELM.CLEVER.MASK_HEAD", "mix"]),
+    "head_semantic": ("semantic (Mask2Former): 8 queries' class scores x masks",
+                      ["MODEL.SELM.CLEVER.MASK_HEAD", "semantic"]),
 }
 # (title, [(row key, label in this table)]), the full model last as in the paper.
 TABLES = [
@@ -67,7 +77,15 @@ TABLES = [
     ("Table 8: Ablation study on loss function",
      [("loss_bce", None), ("loss_bce_dice", None), ("full", "+DICE+Aux")]),
 ]
-METRICS = ("M_J", "M_F")
+# Study -> (config every row starts from, AVS-Synth layout and categories to generate, its
+# tables, the metrics of its task).
+STUDIES = {
+    "paper": (DEFAULT_CONFIG, ("avs_synth", "ms3", 6), TABLES, ("M_J", "M_F")),
+    "avss_heads": ("configs/synth/avss70.yaml", ("avs_synth70", "avss", 70),
+                   [("AVSS mask heads on AVS-Synth-70 (70 categories + background)",
+                     [("head_dot", None), ("head_mix", None), ("head_semantic", None)])],
+                   ("mIoU", "F")),
+}
 
 
 def _run_dir(output_dir, row, seed):
@@ -75,16 +93,19 @@ def _run_dir(output_dir, row, seed):
 
 
 def _read_metrics(run_dir):
-    """{"M_J", "M_F", "M_F_key"} from the evaluation train_net.py ran after training."""
+    """{"M_J", "M_F", "M_F_key"} (binary tasks) or {"mIoU", "F", "M_F_key": "F"} (AVSS) from
+    the evaluation train_net.py ran after training."""
     paths = sorted(glob.glob(os.path.join(run_dir, "inference", "*", "avs_results.json")))
     if not paths:
         raise SystemExit("no evaluation results under {}/inference: is DATASETS.TEST set?"
                          .format(run_dir))
     with open(paths[0]) as f:
         metrics = json.load(f)["metrics"]
+    dataset = os.path.basename(os.path.dirname(paths[0]))
+    if "mIoU" in metrics:
+        return {"mIoU": metrics["mIoU"], "F": metrics["F"], "M_F_key": "F", "dataset": dataset}
     f_key = next(k for k in sorted(metrics) if k.startswith("M_F_official"))
-    return {"M_J": metrics["M_J"], "M_F": metrics[f_key], "M_F_key": f_key,
-            "dataset": os.path.basename(os.path.dirname(paths[0]))}
+    return {"M_J": metrics["M_J"], "M_F": metrics[f_key], "M_F_key": f_key, "dataset": dataset}
 
 
 def _recipe(args):
@@ -93,40 +114,53 @@ def _recipe(args):
             "dataset": list(args.dataset), "opts": list(args.opts)}
 
 
-def train_and_evaluate(row, seed, args, env):
-    """One run through train_net.py (resuming if interrupted); returns its metrics."""
-    run_dir = _run_dir(args.output_dir, row, seed)
+def _finished(run_dir, args):
+    """The saved metrics of a finished run, or None; refuses a run of another recipe."""
     result = os.path.join(run_dir, RESULT_FILE)
-    if os.path.isfile(result):
-        with open(result) as f:
-            done = json.load(f)
-        if done["recipe"] != _recipe(args):
-            raise SystemExit("{} was trained with another recipe ({}): use another --output-dir "
-                             "or delete it".format(run_dir, done["recipe"]))
-        return done
-    os.makedirs(run_dir, exist_ok=True)
+    if not os.path.isfile(result):
+        return None
+    with open(result) as f:
+        done = json.load(f)
+    if done["recipe"] != _recipe(args):
+        raise SystemExit("{} was trained with another recipe ({}): use another --output-dir "
+                         "or delete it".format(run_dir, done["recipe"]))
+    return done
+
+
+def _command(row, seed, args):
+    """train_net.py for one run (resuming if interrupted; it evaluates after training)."""
     datasets = [a for spec in args.dataset for a in ("--dataset", spec)]
     schedule = ["SOLVER.MAX_ITER", str(args.max_iter)] if args.max_iter else []
-    # detectron2 evaluates once after training (also when --resume finds it finished).
-    cmd = ([sys.executable, os.path.join(REPO, "train_net.py"), "--config-file",
-            args.config_file, "--resume"] + datasets
-           + ["OUTPUT_DIR", run_dir, "SEED", str(seed), "TEST.EVAL_PERIOD", "0"]
-           + schedule + list(args.opts) + ROWS[row][1])
-    log = os.path.join(run_dir, "train_net.log")
-    with open(log, "w") as f:
-        f.write("$ " + " ".join(cmd) + "\n")
-        f.flush()
-        proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
-    if proc.returncode != 0:
-        with open(log) as f:
-            tail = f.readlines()[-30:]
-        raise SystemExit("run {} seed {} failed (exit {}); log {}:\n{}".format(
-            row, seed, proc.returncode, log, "".join(tail)))
-    metrics = dict(_read_metrics(run_dir), row=row, seed=seed, recipe=_recipe(args))
-    with open(result + ".tmp", "w") as f:
-        json.dump(metrics, f, indent=2)
-    os.replace(result + ".tmp", result)
-    return metrics
+    return ([sys.executable, os.path.join(REPO, "train_net.py"), "--config-file",
+             args.config_file, "--resume"] + datasets
+            + ["OUTPUT_DIR", _run_dir(args.output_dir, row, seed), "SEED", str(seed),
+               "TEST.EVAL_PERIOD", "0"] + schedule + list(args.opts) + ROWS[row][1])
+
+
+def train_and_evaluate(runs, args, env):
+    """Train the unfinished ``(row, seed)`` runs, ``args.jobs`` at a time, and save their metrics.
+
+    Each run's log is ``<run dir>/train_net.log``.
+    """
+    todo = [(row, seed) for row, seed in runs
+            if _finished(_run_dir(args.output_dir, row, seed), args) is None]
+    groups = [todo[i:i + args.jobs] for i in range(0, len(todo), args.jobs)]
+    bar = tqdm(total=len(todo), desc="ablations", unit="run")
+    for group in groups:
+        bar.set_postfix_str(", ".join("{} seed {}".format(row, seed) for row, seed in group))
+        dirs = [_run_dir(args.output_dir, row, seed) for row, seed in group]
+        try:
+            run_jobs([(_command(row, seed, args), os.path.join(run_dir, "train_net.log"))
+                      for (row, seed), run_dir in zip(group, dirs)],
+                     job_env(env, len(group)), REPO)
+        except RuntimeError as e:
+            raise SystemExit(str(e))
+        for (row, seed), run_dir in zip(group, dirs):
+            _write_atomic(os.path.join(run_dir, RESULT_FILE), json.dumps(
+                dict(_read_metrics(run_dir), row=row, seed=seed, recipe=_recipe(args)),
+                indent=2))
+        bar.update(len(group))
+    bar.close()
 
 
 def summarise(values):
@@ -146,20 +180,24 @@ def _cell(stats, full):
     return text
 
 
-def tables(results, header):
-    """Markdown of Tables 3-8 from {row: {metric: summary}}; rows not run are left out."""
+def tables(results, header, study_tables=TABLES, metrics=STUDIES["paper"][3]):
+    """Markdown of a study's tables from {row: {metric: summary}}; rows not run are left out.
+
+    Rows are compared with "full" (the paper tables) where it is in the table.
+    """
     lines = [header, ""]
-    for title, rows in TABLES:
+    for title, rows in study_tables:
         done = [(key, label) for key, label in rows if key in results]
         if not done:
             continue
-        lines += ["### " + title, "", "| Method | M_J | M_F | seeds |", "|---|---|---|---|"]
+        lines += ["### " + title, "",
+                  "| Method | {} | {} | seeds |".format(*metrics), "|---|---|---|---|"]
         for key, label in done:
             full = results.get("full") if key != "full" else None
             lines.append("| {} | {} | {} | {} |".format(
                 label or ROWS[key][0],
-                *(_cell(results[key][m], full[m] if full else None) for m in METRICS),
-                results[key]["M_J"]["n"]))
+                *(_cell(results[key][m], full[m] if full else None) for m in metrics),
+                results[key][metrics[0]]["n"]))
         lines.append("")
     return "\n".join(lines)
 
@@ -174,14 +212,22 @@ def get_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="rows: " + ", ".join(ROWS))
-    parser.add_argument("--config-file", default=DEFAULT_CONFIG,
-                        help="the recipe every row starts from (default: %(default)s)")
+    parser.add_argument("--study", choices=list(STUDIES), default="paper",
+                        help="paper: Tables 3-8 on AVS-Synth MS3; avss_heads: CLEVER's mask "
+                             "heads on AVS-Synth-70 AVSS (default: %(default)s)")
+    parser.add_argument("--config-file", default=None,
+                        help="the recipe every row starts from (default: the study's, "
+                             "{})".format(", ".join(s[0] for s in STUDIES.values())))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--max-iter", type=int, default=0,
                         help="SOLVER.MAX_ITER of every run (default: the config's)")
     parser.add_argument("--only", nargs="+", choices=list(ROWS), metavar="ROW",
                         help="train only these rows (default: all): " + ", ".join(ROWS))
-    parser.add_argument("--output-dir", default="output/ablate")
+    parser.add_argument("--jobs", type=int, default=2,
+                        help="runs trained at once, the CPU threads split between them "
+                             "(default: %(default)s; 2 was fastest on 2 cores)")
+    parser.add_argument("--output-dir", default=None,
+                        help="default: output/ablate (paper) or output/ablate_<study>")
     parser.add_argument("--dataset", action="append", default=[],
                         metavar="NAME=LAYOUT:ROOT[:SPLIT]",
                         help="passed to train_net.py (repeatable); skips generating AVS-Synth")
@@ -192,20 +238,20 @@ def get_parser():
 
 def main(argv=None):
     args = get_parser().parse_args(argv)
-    args.output_dir = os.path.abspath(args.output_dir)
+    config_file, (data_dir, layout, categories), study_tables, metrics = STUDIES[args.study]
+    args.config_file = args.config_file or config_file
+    args.output_dir = os.path.abspath(args.output_dir or (
+        "output/ablate" if args.study == "paper" else "output/ablate_" + args.study))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         p for p in (REPO, os.environ.get("PYTHONPATH")) if p))
     env.setdefault("DETECTRON2_DATASETS", os.path.join(REPO, "datasets"))
     if not args.dataset:
         subprocess.run([sys.executable, "-m", "selm_d2.data.synthetic", "--out",
-                        os.path.join(env["DETECTRON2_DATASETS"], "avs_synth"), "--layouts", "ms3"],
-                       cwd=REPO, env=env, check=True)
-    rows = args.only or list(ROWS)
-    runs = [(row, seed) for row in rows for seed in args.seeds]
-    bar = tqdm(runs, desc="ablations", unit="run")
-    for row, seed in bar:
-        bar.set_postfix_str("{} seed {}".format(row, seed))
-        train_and_evaluate(row, seed, args, env)
+                        os.path.join(env["DETECTRON2_DATASETS"], data_dir), "--layouts", layout,
+                        "--num-categories", str(categories)], cwd=REPO, env=env, check=True)
+    study_rows = [key for _, rows in study_tables for key, _ in rows]
+    rows = args.only or list(dict.fromkeys(study_rows))
+    train_and_evaluate([(row, seed) for row in rows for seed in args.seeds], args, env)
     # The tables hold every finished run, also of rows or seeds not asked for this time.
     per_row = {}
     for path in sorted(glob.glob(os.path.join(args.output_dir, "runs", "*", "seed*",
@@ -214,25 +260,29 @@ def main(argv=None):
             run = json.load(f)
         if run["row"] in ROWS and run["recipe"] == _recipe(args):
             per_row.setdefault(run["row"], []).append(run)
-    results = {row: {m: summarise([r[m] for r in finished]) for m in METRICS}
+    results = {row: {m: summarise([r[m] for r in finished]) for m in metrics}
                for row, finished in per_row.items()}
     finished = [r for row_runs in per_row.values() for r in row_runs]
     f_keys = sorted({r["M_F_key"] for r in finished})
     datasets = sorted({r["dataset"] for r in finished})
-    header = ("## SelM ablations (paper Tables 3-8) on {}\n\n"
-              "Recipe: `{}` plus each row's switch{}. M_J and M_F ({}) × 100, mean ± sample std "
-              "over seeds, in brackets the difference to the full model.".format(
+    header = ("## SelM ablations ({}) on {}\n\n"
+              "Recipe: `{}` plus each row's switch{}. {} and {} ({}) × 100, mean ± sample std "
+              "over seeds{}.".format(
+                  "paper Tables 3-8" if args.study == "paper" else args.study,
                   ", ".join(datasets), args.config_file,
                   ", SOLVER.MAX_ITER {}".format(args.max_iter) if args.max_iter else "",
-                  ", ".join(f_keys)))
-    text = tables(results, header)
+                  metrics[0], metrics[1], ", ".join(f_keys),
+                  ", in brackets the difference to the full model" if "full" in study_rows
+                  else ""))
+    text = tables(results, header, study_tables, metrics)
     os.makedirs(args.output_dir, exist_ok=True)
     _write_atomic(os.path.join(args.output_dir, "tables.md"), text)
     _write_atomic(os.path.join(args.output_dir, "tables.json"), json.dumps(
         {"rows": {row: dict(results[row], label=ROWS[row][0], opts=ROWS[row][1],
                             runs=sorted(per_row[row], key=lambda r: r["seed"]))
                   for row in results},
-         "tables": [{"title": t, "rows": [k for k, _ in rows]} for t, rows in TABLES]}, indent=2))
+         "tables": [{"title": t, "rows": [k for k, _ in rows]} for t, rows in study_tables]},
+        indent=2))
     print("\n" + text)
     print("Written to {}/tables.md and tables.json".format(args.output_dir))
     return results

@@ -2,8 +2,9 @@
 """`make demo`: AVS-Synth end to end on CPU.
 
 1. generate AVS-Synth (MS3 layout) under $DETECTRON2_DATASETS/avs_synth (no-op when present);
-2. train SelM (configs/synth/ms3.yaml) with train_net.py, resuming if interrupted;
-3. train its visual-only twin (same recipe, every clip hears silence);
+2. train SelM (configs/synth/ms3.yaml) with train_net.py, resuming if interrupted, and
+3. at the same time its visual-only twin (same recipe, every clip hears silence), each with
+   half of the CPU threads (tools/train_jobs.py); the twin's log is output/demo/visual_only.log;
 4. evaluate both after training (SelM also with silenced / swapped audio);
 5. draw overlays and BCSM heat maps of test clips into output/demo/overlays/ and a summary
    picture output/demo/summary.png; print and save the results table (output/demo/results.md).
@@ -19,6 +20,8 @@ import statistics
 import subprocess
 import sys
 import time
+
+from train_jobs import job_env, run_jobs
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 CONFIG = "configs/synth/ms3.yaml"
@@ -41,11 +44,14 @@ def run(cmd, env):
     subprocess.run(cmd, cwd=REPO, env=env, check=True)
 
 
-def train_and_eval(output_dir, env, opts, illusion):
+def train_command(output_dir, opts, illusion):
     # detectron2 evaluates once after training (also when --resume finds training finished),
     # so one command trains, resumes and evaluates.
-    run([sys.executable, "train_net.py", "--config-file", CONFIG, "--resume", "OUTPUT_DIR", output_dir,
-         "TEST.EVAL_PERIOD", "0", "TEST.AVS.ILLUSION", str(illusion)] + opts, env)
+    return [sys.executable, "train_net.py", "--config-file", CONFIG, "--resume", "OUTPUT_DIR",
+            output_dir, "TEST.EVAL_PERIOD", "0", "TEST.AVS.ILLUSION", str(illusion)] + opts
+
+
+def read_metrics(output_dir):
     metrics = {}
     inference = os.path.join(output_dir, "inference", TEST_SET)
     for fname in sorted(os.listdir(inference)):
@@ -55,7 +61,27 @@ def train_and_eval(output_dir, env, opts, illusion):
     return metrics
 
 
-def render(out_root, num_clips):
+def train_pair(root, env, seed, opts=()):
+    """Train and evaluate SelM and its visual-only twin side by side (tools/train_jobs.py).
+
+    SelM's log goes to this console, the twin's to ``<root>/visual_only.log``; ``opts`` are
+    config options for both.
+    Returns: {"selm": metrics, "visual_only": metrics}.
+    """
+    seed_opts = list(opts) + ["SEED", str(seed)]
+    selm_dir, twin_dir = os.path.join(root, "selm"), os.path.join(root, "visual_only")
+    jobs = [(train_command(selm_dir, seed_opts, illusion=True), None),
+            (train_command(twin_dir, seed_opts + ["INPUT.AVS.AUDIO.SOURCE", "silence"],
+                           illusion=False), twin_dir + ".log")]
+    for cmd, log in jobs:
+        print("\n$ " + " ".join(cmd) + ("  > " + log if log else ""), flush=True)
+    run_jobs(jobs, job_env(env, len(jobs)), REPO)
+    selm = read_metrics(selm_dir)
+    selm["swapped_drop"] = selm["M_J"] - selm["swapped/M_J"]
+    return {"selm": selm, "visual_only": read_metrics(twin_dir)}
+
+
+def render(out_root, num_clips, opts=()):
     """Overlays + heat maps for the first test clips, and one summary picture."""
     import numpy as np
 
@@ -72,8 +98,9 @@ def render(out_root, num_clips):
     cfg = get_cfg()
     add_selm_config(cfg)
     cfg.merge_from_file(os.path.join(REPO, CONFIG))
-    cfg.merge_from_list(["MODEL.WEIGHTS", os.path.join(out_root, "selm", "model_final.pth"),
-                         "MODEL.SELM.RETURN_SELECTION_MAPS", "True"])
+    cfg.merge_from_list(list(opts) + ["MODEL.WEIGHTS", os.path.join(out_root, "selm",
+                                                                    "model_final.pth"),
+                                      "MODEL.SELM.RETURN_SELECTION_MAPS", "True"])
     cfg.freeze()
     predictor = AVSPredictor(cfg)
     metadata = metadata_for(cfg)
@@ -130,6 +157,9 @@ def main(argv=None):
     parser.add_argument("--render-clips", type=int, default=4)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0],
                         help="train and evaluate with each seed; report mean ± std")
+    parser.add_argument("opts", nargs=argparse.REMAINDER,
+                        help="config options (KEY VALUE ...) for both trainings; the README's "
+                             "numbers use none")
     args = parser.parse_args(argv)
     start = time.time()
     env = dict(os.environ)
@@ -141,14 +171,9 @@ def main(argv=None):
     results = {}
     for seed in args.seeds:
         root = out_root if seed == args.seeds[0] else os.path.join(out_root, "seed{}".format(seed))
-        seed_opts = ["SEED", str(seed)]
-        selm = train_and_eval(os.path.join(root, "selm"), env, seed_opts, illusion=True)
-        selm["swapped_drop"] = selm["M_J"] - selm["swapped/M_J"]
-        visual_only = train_and_eval(os.path.join(root, "visual_only"), env,
-                                     seed_opts + ["INPUT.AVS.AUDIO.SOURCE", "silence"], illusion=False)
-        results[seed] = {"selm": selm, "visual_only": visual_only}
+        results[seed] = train_pair(root, env, seed, args.opts)
     os.environ["DETECTRON2_DATASETS"] = env["DETECTRON2_DATASETS"]
-    summary = render(out_root, args.render_clips)
+    summary = render(out_root, args.render_clips, args.opts)
 
     text = table(results, args.seeds, (time.time() - start) / 60 / len(args.seeds))
     for name, content in (("results.md", text), ("results.json", json.dumps(results, indent=2))):

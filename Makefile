@@ -34,7 +34,8 @@ demo: install
 bench: install
 	$(PY) tools/benchmark.py
 
-# Paper Tables 3-8 on AVS-Synth MS3 (CPU recipe, seeds 0 1 2): hours on 2 CPU cores; resumable.
+# Paper Tables 3-8 on AVS-Synth MS3 (CPU recipe, seeds 0 1 2, two runs at a time): hours on
+# 2 CPU cores; resumable.
 ablate: install
 	$(PY) tools/ablate.py
 

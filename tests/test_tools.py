@@ -82,11 +82,11 @@ def test_ablate_summary_and_rows():
     assert "| SelM | 62.0 ± 2.0 | 62.0 ± 2.0 | 3 |" in table
     # The AVSS head study reports mIoU and F, without a "full" row to compare with.
     avss = ablate.tables({"head_mix": {"mIoU": stats, "F": ablate.summarise([30.0])}}, "#",
-                         ablate.STUDIES["avss_heads"][2], ablate.STUDIES["avss_heads"][3])
+                         ablate.STUDIES["avss_heads"].tables, ablate.STUDIES["avss_heads"].metrics)
     assert "| Method | mIoU | F | seeds |" in avss
     assert "| {} | 62.0 ± 2.0 | 30.0 | 3 |".format(ablate.ROWS["head_mix"][0]) in avss
     # Every study's rows are defined, and every row is in a table.
-    in_tables = {key for study in ablate.STUDIES.values() for _, rows in study[2]
+    in_tables = {key for study in ablate.STUDIES.values() for _, rows in study.tables
                  for key, _ in rows}
     assert in_tables == set(ablate.ROWS)
 

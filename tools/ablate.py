@@ -26,6 +26,7 @@ import math
 import os
 import subprocess
 import sys
+from collections import namedtuple
 
 from tqdm import tqdm
 
@@ -77,14 +78,15 @@ TABLES = [
     ("Table 8: Ablation study on loss function",
      [("loss_bce", None), ("loss_bce_dice", None), ("full", "+DICE+Aux")]),
 ]
-# Study -> (config every row starts from, AVS-Synth layout and categories to generate, its
-# tables, the metrics of its task).
+# config: every row starts from it; data: (folder, layout, categories) of the AVS-Synth it
+# generates; tables: as TABLES; metrics: (region, boundary) of its task.
+Study = namedtuple("Study", "config data tables metrics")
 STUDIES = {
-    "paper": (DEFAULT_CONFIG, ("avs_synth", "ms3", 6), TABLES, ("M_J", "M_F")),
-    "avss_heads": ("configs/synth/avss70.yaml", ("avs_synth70", "avss", 70),
-                   [("AVSS mask heads on AVS-Synth-70 (70 categories + background)",
-                     [("head_dot", None), ("head_mix", None), ("head_semantic", None)])],
-                   ("mIoU", "F")),
+    "paper": Study(DEFAULT_CONFIG, ("avs_synth", "ms3", 6), TABLES, ("M_J", "M_F")),
+    "avss_heads": Study("configs/synth/avss70.yaml", ("avs_synth70", "avss", 70),
+                        [("AVSS mask heads on AVS-Synth-70 (70 categories + background)",
+                          [("head_dot", None), ("head_mix", None), ("head_semantic", None)])],
+                        ("mIoU", "F")),
 }
 
 
@@ -180,7 +182,7 @@ def _cell(stats, full):
     return text
 
 
-def tables(results, header, study_tables=TABLES, metrics=STUDIES["paper"][3]):
+def tables(results, header, study_tables=TABLES, metrics=STUDIES["paper"].metrics):
     """Markdown of a study's tables from {row: {metric: summary}}; rows not run are left out.
 
     Rows are compared with "full" (the paper tables) where it is in the table.
@@ -217,7 +219,7 @@ def get_parser():
                              "heads on AVS-Synth-70 AVSS (default: %(default)s)")
     parser.add_argument("--config-file", default=None,
                         help="the recipe every row starts from (default: the study's, "
-                             "{})".format(", ".join(s[0] for s in STUDIES.values())))
+                             "{})".format(", ".join(s.config for s in STUDIES.values())))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--max-iter", type=int, default=0,
                         help="SOLVER.MAX_ITER of every run (default: the config's)")

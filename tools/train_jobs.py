@@ -39,15 +39,20 @@ def run_jobs(jobs, env, cwd):
     procs = []
     try:
         for cmd, log in jobs:
-            if log is None:
-                out = None
-            else:
+            out = None
+            if log is not None:
                 os.makedirs(os.path.dirname(log) or ".", exist_ok=True)
                 out = open(log, "w")
                 out.write("$ " + " ".join(cmd) + "\n")
                 out.flush()
-            procs.append((cmd, log, out, subprocess.Popen(
-                cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT if out else None)))
+            try:
+                proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out,
+                                        stderr=subprocess.STDOUT if out else None)
+            except BaseException:
+                if out is not None:
+                    out.close()
+                raise
+            procs.append((cmd, log, out, proc))
     finally:
         failures = []
         for cmd, log, out, proc in procs:

@@ -7,21 +7,22 @@
 ``--input`` is a folder of frames (one per second of audio, sorted by name) or a video file
 (one frame is taken per second, as AVSBench's preprocessing does). The clip is trimmed or
 padded to the config's length as the data pipeline does (``predictor.fit_clip_length``).
-Writes ``frame_<k>.png`` overlays, ``mask_<k>.png`` label maps, ``overlay.mp4`` when OpenCV can
-encode it, and with ``--heatmaps`` the BCSM selection maps (paper Fig. 5) as
+Writes ``frame_<k>.png`` overlays, ``mask_<k>.png`` label maps, ``overlay.mp4`` with the clip's
+sound when ffmpeg is installed (the ``[app]`` extra, as for the web demo), and with ``--heatmaps`` the BCSM selection maps (paper Fig. 5) as
 ``heatmap_<level>_<k>.png``.
 """
 import argparse
+import logging
 import os
 import sys
 import tempfile
 
-import cv2
 import numpy as np
 
 from detectron2.utils.logger import setup_logger
 
 sys.path.insert(1, os.path.join(sys.path[0], ".."))
+from media import encode_video, ffmpeg_exe  # noqa: E402
 from predictor import (  # noqa: E402
     AVSPredictor,
     clip_dict,
@@ -42,27 +43,22 @@ def get_parser():
     parser.add_argument("--audio", required=True, help="the clip's audio (wav/flac)")
     parser.add_argument("--output", required=True, help="output folder")
     parser.add_argument("--heatmaps", action="store_true", help="also draw BCSM selection maps")
-    parser.add_argument("--fps", type=float, default=1.0, help="frame rate of overlay.mp4")
+    parser.add_argument("--fps", type=float, default=1.0, help="frame rate of overlay.mp4 (1: one frame per second of sound, in step with it)")
     parser.add_argument("--allow-random-weights", action="store_true",
                         help="run even when MODEL.WEIGHTS is empty (an untrained model)")
     parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return parser
 
 
-def write_video(frames_rgb, path, fps):
-    """Encode overlays as MP4 when OpenCV has an encoder; returns whether it did."""
-    height, width = frames_rgb[0].shape[:2]
-    tmp = path + ".tmp.mp4"
-    writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
-    if not writer.isOpened():
+def write_video(frames_rgb, path, audio, fps):
+    """Encode the overlays with the clip's sound as MP4 when ffmpeg is installed; returns
+    whether it did."""
+    try:
+        ffmpeg_exe()
+    except RuntimeError as e:
+        logging.getLogger("selm_d2").warning("no overlay.mp4: %s", e)
         return False
-    for frame in frames_rgb:
-        writer.write(np.ascontiguousarray(frame[:, :, ::-1]))
-    writer.release()
-    if not os.path.getsize(tmp):
-        os.remove(tmp)
-        return False
-    os.replace(tmp, path)
+    encode_video(frames_rgb, path, audio=audio, fps=fps)
     return True
 
 
@@ -88,7 +84,8 @@ def run(args):
         for level, heat in frame["heatmaps"].items():
             write_image_atomic(os.path.join(args.output, "heatmap_{}_{}.png".format(level, k)), heat)
     overlays = [frame["overlay"] for frame in drawn]
-    wrote_video = write_video(overlays, os.path.join(args.output, "overlay.mp4"), args.fps)
+    wrote_video = write_video(overlays, os.path.join(args.output, "overlay.mp4"), args.audio,
+                              args.fps)
     return {"frames": len(overlays), "video": wrote_video}
 
 

@@ -10,6 +10,8 @@ import subprocess
 import numpy as np
 import soundfile as sf
 
+from selm_d2.utils import atomic_path
+
 # A run that takes longer than this is stuck (a 10 s clip takes well under a second).
 FFMPEG_TIMEOUT_S = 120
 
@@ -68,18 +70,16 @@ def encode_video(frames_rgb, path, audio=None, fps=1.0):
         fps: frames per second (the demo shows one frame per second of sound).
     """
     height, width = frames_rgb[0].shape[:2]
-    tmp = path + ".tmp.mp4"
     args = ["-f", "rawvideo", "-pix_fmt", "rgb24", "-s", "{}x{}".format(width, height),
             "-framerate", str(fps), "-i", "-"]
     if audio is not None:
         args += ["-i", audio, "-map", "0:v", "-map", "1:a", "-c:a", "aac"]
     # yuv420p (what browsers decode) needs even sides: pad by one pixel where odd.
     args += ["-c:v", "libx264", "-pix_fmt", "yuv420p", "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2",
-             "-t", str(len(frames_rgb) / fps), "-movflags", "+faststart", "-f", "mp4", tmp]
-    code, err = _ffmpeg(args, stdin=np.ascontiguousarray(np.stack(frames_rgb), dtype=np.uint8).tobytes())
-    if code != 0:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise RuntimeError("ffmpeg could not encode {}: {}".format(path, err))
-    os.replace(tmp, path)
+             "-t", str(len(frames_rgb) / fps), "-movflags", "+faststart", "-f", "mp4"]
+    with atomic_path(path) as tmp:
+        code, err = _ffmpeg(args + [tmp],
+                            stdin=np.ascontiguousarray(np.stack(frames_rgb), dtype=np.uint8).tobytes())
+        if code != 0:
+            raise RuntimeError("ffmpeg could not encode {}: {}".format(path, err))
     return path

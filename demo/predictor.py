@@ -8,7 +8,6 @@ import glob
 import logging
 import os
 import re
-import tempfile
 
 import cv2
 import numpy as np
@@ -24,6 +23,7 @@ from detectron2.utils.visualizer import ColorMode, Visualizer
 
 from selm_d2 import add_selm_config
 from selm_d2.data import AVSClipDatasetMapper
+from selm_d2.utils import atomic_path
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp")
 
@@ -240,19 +240,10 @@ def draw_clip(frame_paths, output, metadata):
 def write_image_atomic(path, image):
     """Write an RGB [H, W, 3] or single-channel [H, W] image so that a reader never sees a
     partial file."""
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    ext = os.path.splitext(path)[1]
-    fd, tmp = tempfile.mkstemp(suffix=ext, dir=directory)
-    os.close(fd)
-    try:
-        bgr = image[:, :, ::-1] if image.ndim == 3 else image
+    bgr = image[:, :, ::-1] if image.ndim == 3 else image
+    with atomic_path(path) as tmp:
         if not cv2.imwrite(tmp, np.ascontiguousarray(bgr)):
             raise OSError("could not write image {}".format(path))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def metadata_for(cfg):

@@ -30,6 +30,7 @@ from collections import namedtuple
 
 from tqdm import tqdm
 
+from selm_d2.utils import write_text_atomic
 from train_jobs import job_env, run_jobs
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
@@ -158,7 +159,7 @@ def train_and_evaluate(runs, args, env):
         except RuntimeError as e:
             raise SystemExit(str(e))
         for (row, seed), run_dir in zip(group, dirs):
-            _write_atomic(os.path.join(run_dir, RESULT_FILE), json.dumps(
+            write_text_atomic(os.path.join(run_dir, RESULT_FILE), json.dumps(
                 dict(_read_metrics(run_dir), row=row, seed=seed, recipe=_recipe(args)),
                 indent=2))
         bar.update(len(group))
@@ -202,12 +203,6 @@ def tables(results, header, study_tables=TABLES, metrics=STUDIES["paper"].metric
                 results[key][metrics[0]]["n"]))
         lines.append("")
     return "\n".join(lines)
-
-
-def _write_atomic(path, text):
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
 
 
 def get_parser():
@@ -278,8 +273,8 @@ def main(argv=None):
                   else ""))
     text = tables(results, header, study_tables, metrics)
     os.makedirs(args.output_dir, exist_ok=True)
-    _write_atomic(os.path.join(args.output_dir, "tables.md"), text)
-    _write_atomic(os.path.join(args.output_dir, "tables.json"), json.dumps(
+    write_text_atomic(os.path.join(args.output_dir, "tables.md"), text)
+    write_text_atomic(os.path.join(args.output_dir, "tables.json"), json.dumps(
         {"rows": {row: dict(results[row], label=ROWS[row][0], opts=ROWS[row][1],
                             runs=sorted(per_row[row], key=lambda r: r["seed"]))
                   for row in results},

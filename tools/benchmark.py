@@ -43,6 +43,7 @@ from detectron2.modeling import build_model  # noqa: E402
 
 from selm_d2 import add_selm_config  # noqa: E402
 from selm_d2.modeling.mamba import selective_scan, selective_scan_ref  # noqa: E402
+from selm_d2.utils import atomic_path, write_text_atomic  # noqa: E402
 
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 PAPER_CONFIGS = {"R50": "configs/ms3/selm_R50.yaml", "PVT-v2-b5": "configs/ms3/selm_pvt_v2_b5.yaml"}
@@ -478,8 +479,8 @@ def _pyplot():
 
 def _save_figure(fig, path):
     fig.tight_layout()
-    fig.savefig(path + ".tmp.png", dpi=120)
-    os.replace(path + ".tmp.png", path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
 
 
 def scaling_plot(report, path):
@@ -516,12 +517,6 @@ def breakdown_plot(report, path):
     _save_figure(fig, path)
 
 
-def write_atomic(path, text):
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
@@ -548,10 +543,10 @@ def main(argv=None):
         report[section] = runners[section]()
         report["peak_memory_mb"][section] = peak_memory_mb(args.device)
         # Partial results survive an interrupted run.
-        write_atomic(os.path.join(args.output_dir, "benchmark.json"), json.dumps(report, indent=2))
+        write_text_atomic(os.path.join(args.output_dir, "benchmark.json"), json.dumps(report, indent=2))
 
     table = markdown(report)
-    write_atomic(os.path.join(args.output_dir, "benchmark.md"), table)
+    write_text_atomic(os.path.join(args.output_dir, "benchmark.md"), table)
     if "scaling" in report:
         scaling_plot(report, os.path.join(args.output_dir, "scaling.png"))
     if "breakdown" in report:

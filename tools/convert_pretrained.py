@@ -15,7 +15,6 @@ other modules keep their initialisation, as with any detectron2 backbone checkpo
 import argparse
 import os
 import sys
-import tempfile
 
 import torch
 
@@ -25,6 +24,7 @@ from detectron2.modeling import build_model
 sys.path.insert(1, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from selm_d2 import add_selm_config  # noqa: E402
 from selm_d2.modeling.pretrained import encoder_state_dict, load_pretrained_encoders  # noqa: E402
+from selm_d2.utils import atomic_path  # noqa: E402
 
 
 def get_parser():
@@ -56,18 +56,10 @@ def convert(config_file, output, visual=None, audio=None, opts=()):
     model = build_model(cfg)
     load_pretrained_encoders(model, cfg)
     weights = encoder_state_dict(model)
-    directory = os.path.dirname(os.path.abspath(output))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".pth", dir=directory)
-    os.close(fd)
-    try:
+    with atomic_path(output) as tmp:
         torch.save({"model": weights, "__author__": "selm_d2 tools/convert_pretrained.py",
                     "sources": {"visual": cfg.MODEL.SELM.VISUAL_WEIGHTS,
                                 "audio": cfg.MODEL.SELM.AUDIO.WEIGHTS}}, tmp)
-        os.replace(tmp, output)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return len(weights)
 
 

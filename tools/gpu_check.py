@@ -23,13 +23,14 @@ import torch
 TOOLS = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(TOOLS, ".."))
 sys.path.insert(0, TOOLS)
-from benchmark import bench_scan, machine_info, write_atomic  # noqa: E402
+from benchmark import bench_scan, machine_info  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
 
 from selm_d2 import add_selm_config  # noqa: E402
 from selm_d2.data.datasets import register_dataset_specs  # noqa: E402
 from selm_d2.data.synthetic import generate  # noqa: E402
 from selm_d2.modeling.mamba import Mamba, _load_cuda_kernels  # noqa: E402
+from selm_d2.utils import write_text_atomic  # noqa: E402
 from train_net import Trainer  # noqa: E402
 
 SYNTH_CONFIG = os.path.join(TOOLS, "..", "configs", "synth", "ms3.yaml")
@@ -115,7 +116,7 @@ def main(argv=None):
                        for length in args.scan_lengths],
               "mamba_parity": mamba_parity(args.device)}
     path = os.path.join(args.output_dir, "gpu_check.json")
-    write_atomic(path, json.dumps(report, indent=2))
+    write_text_atomic(path, json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
     print("wrote", path)
     return report

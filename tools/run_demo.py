@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 
+from selm_d2.utils import write_text_atomic
 from train_jobs import job_env, run_jobs
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
@@ -176,10 +177,8 @@ def main(argv=None):
     summary = render(out_root, args.render_clips, args.opts)
 
     text = table(results, args.seeds, (time.time() - start) / 60 / len(args.seeds))
-    for name, content in (("results.md", text), ("results.json", json.dumps(results, indent=2))):
-        with open(os.path.join(out_root, name + ".tmp"), "w") as f:
-            f.write(content)
-        os.replace(os.path.join(out_root, name + ".tmp"), os.path.join(out_root, name))
+    write_text_atomic(os.path.join(out_root, "results.md"), text)
+    write_text_atomic(os.path.join(out_root, "results.json"), json.dumps(results, indent=2))
     print("\n" + text)
     print("Overlays and heat maps: {}/overlays/, summary picture: {}".format(out_root, summary))
 

@@ -4,7 +4,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 from collections import OrderedDict
 from typing import Dict, List
 
@@ -19,6 +18,7 @@ from detectron2.utils.logger import create_small_table
 
 from selm_d2.data.datasets.avss import SUBSET_FRAMES
 from selm_d2.data.masks import read_clip_masks
+from selm_d2.utils import write_text_atomic
 
 from .metrics import (
     avss_frame_class_scores,
@@ -317,19 +317,7 @@ class AVSEvaluator(DatasetEvaluator):
         ])
         if per_class is not None:
             report["per_class"] = per_class
-        os.makedirs(self._output_dir, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self._output_dir, prefix=".avs_results.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(report, f, indent=2)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        write_text_atomic(path, json.dumps(report, indent=2))
         self._logger.info("AVS results written to %s", path)
 
 

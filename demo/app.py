@@ -42,11 +42,11 @@ from predictor import (  # noqa: E402
     finest_level,
     fit_clip_length,
     metadata_for,
-    natural_key,
     setup_cfg,
 )
 
 from selm_d2.data.audio import AudioError  # noqa: E402
+from selm_d2.utils import file_name_key  # noqa: E402
 
 logger = logging.getLogger("selm_d2.app")
 
@@ -176,7 +176,7 @@ class SelMApp:
                                   .format(os.path.basename(video), e)) from e
             source = video
         elif frames and audio:
-            paths = self._check_frames(sorted(frames, key=natural_key)[:self.seconds])
+            paths = self._check_frames(sorted(frames, key=file_name_key)[:self.seconds])
             source = audio
         else:
             raise UploadError("Upload a video with sound, or frames (one per second) plus a wav/flac file.")

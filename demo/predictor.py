@@ -7,7 +7,6 @@ drawing.
 import glob
 import logging
 import os
-import re
 
 import cv2
 import numpy as np
@@ -23,7 +22,7 @@ from detectron2.utils.visualizer import ColorMode, Visualizer
 
 from selm_d2 import add_selm_config
 from selm_d2.data import AVSClipDatasetMapper
-from selm_d2.utils import atomic_path
+from selm_d2.utils import atomic_path, file_name_key
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp")
 
@@ -112,15 +111,10 @@ def clip_dict(frame_paths, audio_path, clip_id="demo"):
     }
 
 
-def natural_key(path):
-    """Sort key of a file name with numbers compared as numbers ("2.png" before "10.png")."""
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", os.path.basename(path))]
-
-
 def list_frames(folder):
     """The frame images of a folder, in natural order of their names."""
     frames = sorted((p for p in glob.glob(os.path.join(folder, "*")) if p.lower().endswith(IMAGE_EXTS)),
-                    key=natural_key)
+                    key=file_name_key)
     if not frames:
         raise FileNotFoundError("no frames ({}) in {}".format(", ".join(IMAGE_EXTS), folder))
     return frames

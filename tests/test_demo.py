@@ -15,6 +15,7 @@ from detectron2.modeling import build_model
 from conftest import REPO_ROOT
 from selm_d2 import add_selm_config
 from selm_d2.data.synthetic import generate
+from selm_d2.utils import file_name_key
 
 sys.path.insert(0, os.path.join(REPO_ROOT, "demo"))
 import demo  # noqa: E402
@@ -74,7 +75,7 @@ def test_demo_reads_a_video_file(synth_clip, tmp_path):
     writer = cv2.VideoWriter(video, cv2.VideoWriter_fourcc(*"MJPG"), 4, (32, 32))
     if not writer.isOpened():
         pytest.skip("this OpenCV build cannot write MJPG video")
-    for path in sorted(glob.glob(os.path.join(frames, "*.png")), key=predictor.natural_key):
+    for path in sorted(glob.glob(os.path.join(frames, "*.png")), key=file_name_key):
         for _ in range(4):  # 4 fps: one second per frame
             writer.write(cv2.imread(path))
     writer.release()

@@ -20,19 +20,14 @@ import csv
 import glob
 import json
 import os
-import re
 
+from ...utils import natural_key
 from ..masks import MASK_FORMATS
 from .common import require_file, select_rows
 
 __all__ = ["ManifestLayout"]
 
 _REQUIRED = ("clip_id", "frames", "audio")
-
-
-def _natural_key(path):
-    # "10.jpg" after "9.jpg": compare digit runs as numbers.
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path)]
 
 
 class ManifestLayout:
@@ -141,7 +136,7 @@ class ManifestLayout:
         frames = record["frames"]
         if isinstance(frames, str):
             pattern = self._path(frames)
-            frames = sorted(glob.glob(pattern), key=_natural_key)
+            frames = sorted(glob.glob(pattern), key=natural_key)
             if not frames:
                 raise FileNotFoundError(
                     "Manifest {} clip {!r}: no frame matches {}. Check the pattern and that "

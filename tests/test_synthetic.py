@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 from PIL import Image
 
 from selm_d2.data import synthetic as S
@@ -120,6 +121,7 @@ def test_written_trees_are_exactly_the_official_layouts(synth_root):
                 expected.add("s4_data/gt_masks/{}/{}/{}/{}_{}.png".format(split, category, name,
                                                                        name, k))
         expected.add("s4_data/audio_wav/{}/{}/{}.wav".format(split, category, name))
+        expected.add("s4_data/audio_log_mel/{}/{}/{}.pkl".format(split, category, name))
     assert set(_tree(s4)) == expected
     assert [r[3] for r in rows] == [s for s in S.SPLITS for _ in range(COUNTS[s])]
 
@@ -132,6 +134,7 @@ def test_written_trees_are_exactly_the_official_layouts(synth_root):
             expected.add("ms3_data/visual_frames/{}/{}.mp4_{}.png".format(name, name, k))
             expected.add("ms3_data/gt_masks/{}/{}/{}_{}.png".format(split, name, name, k))
         expected.add("ms3_data/audio_wav/{}/{}.wav".format(split, name))
+        expected.add("ms3_data/audio_log_mel/{}/{}.pkl".format(split, name))
     assert set(_tree(ms3)) == expected
 
     avss = os.path.join(synth_root, "AVSS")
@@ -325,6 +328,21 @@ def test_log_mel_examples_identify_the_sounding_categories(synth_root):
                     clip.name, obj.category, obj.sounding, level)
                 compared += 1
     assert compared >= 3
+
+
+def test_log_mel_pickles_are_the_wavs_examples(synth_root):
+    """S4/MS3 ship AVSBench's pickles: the same model input as the wav, read without an STFT."""
+    from selm_d2.data.audio import load_audio_examples
+    from selm_d2.data.datasets.avsbench import MS3Layout
+
+    layout = MS3Layout(os.path.join(synth_root, "Multi-sources"), split="test")
+    dicts = [layout.clip_dict(row) for row in layout.records()]
+    assert dicts
+    for d in dicts:
+        assert d["audio_log_mel_file"].endswith(os.path.join("audio_log_mel", "test",
+                                                              d["clip_id"] + ".pkl"))
+        from_wav = load_audio_examples(d["audio_file_name"], 5)
+        assert torch.equal(load_audio_examples(d["audio_log_mel_file"], 5), from_wav)
 
 
 def test_snr_is_honoured(synth_root):

@@ -26,7 +26,9 @@ Categories (``--num-categories``):
   earlier ones); S4/MS3 masks are binary 0/255, AVSS masks are class colours.
 - Audio: 16 kHz mono PCM_16, exactly T seconds, white background noise at ``snr_db``
   relative to the mean power of the sounding signal over the seconds where something sounds
-  (silent clips: relative to one object at the nominal level).
+  (silent clips: relative to one object at the nominal level). S4 and MS3 clips also get
+  the precomputed VGGish log-mel pickle AVSBench ships (``audio_log_mel/``), made from the
+  written wav, which the loaders then read instead of the wav (``INPUT.AVS.AUDIO.SOURCE``).
 
 Everything is a pure function of ``(seed, layout, split, index)``: the same seed gives
 byte-identical files, whatever the number of worker processes. Each layout is written into
@@ -40,12 +42,14 @@ Command line::
     python -m selm_d2.data.synthetic --out datasets/avs_synth70 --layouts avss --num-categories 70
 """
 import argparse
+import copyreg
 import csv
 import json
 import logging
 import math
 import multiprocessing
 import os
+import pickle
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -54,10 +58,11 @@ from typing import List, Optional, Tuple
 import numpy as np
 import scipy.fft
 import soundfile as sf
+import torch
 from PIL import Image
 from tqdm import tqdm
 
-from .audio import MEL_MAX_HZ, MEL_MIN_HZ, NUM_MEL_BINS
+from .audio import MEL_MAX_HZ, MEL_MIN_HZ, NUM_MEL_BINS, load_audio_examples
 from .masks import avss_palette
 
 __all__ = [
@@ -91,7 +96,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # Bump when the output for a given seed changes: a re-run then regenerates old data.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: S4/MS3 log-mel pickles
 
 SYNTH_CATEGORIES = ["drum", "bell", "siren", "bird", "engine", "whistle"]
 
@@ -642,9 +647,22 @@ def _save_image(array, path):
         Image.fromarray(array).save(path, quality=JPEG_QUALITY)
 
 
-def _save_wav(scene, path):
-    _makedirs_for(path)
-    sf.write(path, mix_audio(*render_audio(scene)), SAMPLE_RATE, subtype="PCM_16")
+def _save_audio(scene, wav_path, log_mel_path=None):
+    """The clip's wav and, for S4/MS3 (AVSBench ships them there), its VGGish log-mel pickle
+    ``[T, 1, 96, 64]``, computed from the written wav by the loaders' own front-end: both
+    audio sources give the model the same input, and the pickle spares the loader the STFT."""
+    _makedirs_for(wav_path)
+    sf.write(wav_path, mix_audio(*render_audio(scene)), SAMPLE_RATE, subtype="PCM_16")
+    if log_mel_path is not None:
+        _makedirs_for(log_mel_path)
+        with open(log_mel_path, "wb") as f:
+            pickler = pickle.Pickler(f)
+            # torch's own reduction names a tensor's storage by its memory address, so the
+            # same tensor would not give the same bytes twice; from_numpy unpickles to the
+            # same torch tensor (pickle.load, as AVSBench's loaders read these files).
+            pickler.dispatch_table = {**copyreg.dispatch_table,
+                                      torch.Tensor: lambda t: (torch.from_numpy, (t.numpy(),))}
+            pickler.dump(load_audio_examples(wav_path, scene.num_frames))
 
 
 def _binary_png(labels):
@@ -662,7 +680,8 @@ def _write_s4(root, clip, frames, labels):
         _save_image(frames[k], os.path.join(data, "visual_frames", rel, stem))
         if k < annotated:
             _save_image(_binary_png(labels[k]), os.path.join(data, "gt_masks", rel, stem))
-    _save_wav(clip.scene, os.path.join(data, "audio_wav", rel + ".wav"))
+    _save_audio(clip.scene, os.path.join(data, "audio_wav", rel + ".wav"),
+                os.path.join(data, "audio_log_mel", rel + ".pkl"))
     return [clip.name, 0, category, clip.split]
 
 
@@ -674,7 +693,8 @@ def _write_ms3(root, clip, frames, labels):
                                             "{}.mp4_{}.png".format(clip.name, k + 1)))
         _save_image(_binary_png(labels[k]), os.path.join(
             data, "gt_masks", clip.split, clip.name, "{}_{}.png".format(clip.name, k + 1)))
-    _save_wav(clip.scene, os.path.join(data, "audio_wav", clip.split, clip.name + ".wav"))
+    _save_audio(clip.scene, os.path.join(data, "audio_wav", clip.split, clip.name + ".wav"),
+                os.path.join(data, "audio_log_mel", clip.split, clip.name + ".pkl"))
     return [clip.name, clip.split]
 
 
@@ -688,7 +708,7 @@ def _write_avss(root, clip, frames, labels):
         _save_image(frames[i], os.path.join(folder, "frames", "{}.jpg".format(i)))
         if i < annotated:
             _save_image(palette[labels[i]], os.path.join(folder, "labels_rgb", "{}.png".format(i)))
-    _save_wav(clip.scene, os.path.join(folder, "audio.wav"))
+    _save_audio(clip.scene, os.path.join(folder, "audio.wav"))
     a_obj = "_".join(clip.scene.sounding_categories()) or "background"
     return [clip.name, clip.name, 0, 0, a_obj, clip.split, clip.subset]
 

@@ -44,6 +44,7 @@ from detectron2.modeling import build_model  # noqa: E402
 from selm_d2 import add_selm_config  # noqa: E402
 from selm_d2.modeling.mamba import selective_scan, selective_scan_ref  # noqa: E402
 from selm_d2.utils import atomic_path, write_text_atomic  # noqa: E402
+from train_net import Trainer  # noqa: E402
 
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 PAPER_CONFIGS = {"R50": "configs/ms3/selm_R50.yaml", "PVT-v2-b5": "configs/ms3/selm_pvt_v2_b5.yaml"}
@@ -243,8 +244,7 @@ def bench_breakdown(device, repeats, frames=(5, 40)):
 
 def _train_step_time(cfg, device, repeats, batch):
     model = build_seeded(cfg).train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-5)
+    optimizer = Trainer.build_optimizer(cfg, model)  # what train_net.py steps with
     clips = [clip_input(cfg.INPUT.AVS.NUM_FRAMES, cfg.INPUT.AVS.SIZE, cfg.MODEL.SELM.NUM_CLASSES, train=True)
              for _ in range(batch)]
 

@@ -13,9 +13,8 @@ after layers 1 and 2 the layer's mixed features and its per-query mask maps are 
 concatenated with the next level's F^s and projected (1x1 conv + GN + ReLU) into the next
 mixed features. Every layer's masks come from ``MaskHead`` on its queries and mixed features;
 the last layer's are the final masks (paper), or, with ``MASK_FUSION`` (ours), the last
-layer's mixed features are first fused the same way with the ``MASK_IN_FEATURE`` encoder
-features (res2, stride 4; or ResNet's res1, stride 2; GroupNorm-ed but not projected to d
-first, as the mix's own 1x1 conv does that) and the final masks are made at that stride.
+layer's mixed features are first fused the same way with the ``MASK_IN_FEATURE`` features
+(res2, stride 4; or ResNet's res1, stride 2) and the final masks are made at that stride.
 
 Variants (config switches; paper configs use the first of each):
 
@@ -212,16 +211,13 @@ class _MixBlock(nn.Module):
     (4x or more fewer positions): the same function, less work.
     """
 
-    def __init__(self, dim, num_queries, next_channels=None):
-        """next_channels: C of the next level's features (d for F^s; the encoder's width for
-        the mask level, which is not projected to d first)."""
+    def __init__(self, dim, num_queries):
         super().__init__()
-        in_channels = dim + num_queries + (next_channels or dim)
-        self.proj = nn.Sequential(nn.Conv2d(in_channels, dim, kernel_size=1, bias=False),
+        self.proj = nn.Sequential(nn.Conv2d(2 * dim + num_queries, dim, kernel_size=1, bias=False),
                                   _group_norm(dim), nn.ReLU(inplace=True))
 
     def forward(self, mixed, maps, next_feats):
-        """mixed [N, d, h, w], maps [N, Nq, h, w], next_feats [N, C, H, W] -> [N, d, H, W]"""
+        """mixed [N, d, h, w], maps [N, Nq, h, w], next_feats [N, d, H, W] -> [N, d, H, W]"""
         conv, norm_act = self.proj[0], self.proj[1:]
         prev_channels = mixed.shape[1] + maps.shape[1]
         prev = F.conv2d(torch.cat([mixed, maps], dim=1), conv.weight[:, :prev_channels])
@@ -322,7 +318,7 @@ class CLEVERDecoder(nn.Module):
     @configurable
     def __init__(self, *, in_features, hidden_dim, num_queries, nheads, dim_feedforward,
                  dropout, out_channels, mask_head="dot", mask_in_feature=None,
-                 mask_in_channels=None, audio_cross_attn=True, video_cross_attn=True, cross_level=True):
+                 audio_cross_attn=True, video_cross_attn=True, cross_level=True):
         """
         NOTE: this interface is experimental.
 
@@ -335,7 +331,6 @@ class CLEVERDecoder(nn.Module):
             mask_head: one of ``MASK_HEADS`` (see ``MaskHead``).
             mask_in_feature: level fused into the final masks after the last layer (ours); None
                 = the final masks are the last layer's (paper).
-            mask_in_channels: C of the mask level's encoder features (not projected to d).
             audio_cross_attn, video_cross_attn: False skips that attention (paper Table 5).
             cross_level: False reads only the finest level in every layer (paper Table 3).
         """
@@ -361,8 +356,7 @@ class CLEVERDecoder(nn.Module):
         num_mixes = num_layers - 1 if cross_level else 0
         self.level_mix = nn.ModuleList(
             [_MixBlock(hidden_dim, num_queries) for _ in range(num_mixes)])
-        self.mask_mix = (_MixBlock(hidden_dim, num_queries, mask_in_channels)
-                         if mask_in_feature else None)
+        self.mask_mix = _MixBlock(hidden_dim, num_queries) if mask_in_feature else None
         self.mask_head = MaskHead(mask_head, hidden_dim, num_queries, out_channels)
 
     @classmethod
@@ -389,8 +383,6 @@ class CLEVERDecoder(nn.Module):
             "out_channels": 1 if num_classes == 1 else num_classes + 1,
             "mask_head": clever.MASK_HEAD,
             "mask_in_feature": clever.MASK_IN_FEATURE if clever.MASK_FUSION else None,
-            "mask_in_channels": (input_shape[clever.MASK_IN_FEATURE].channels
-                                 if clever.MASK_FUSION else None),
             "audio_cross_attn": clever.AUDIO_CROSS_ATTN,
             "video_cross_attn": clever.VIDEO_CROSS_ATTN,
             "cross_level": clever.CROSS_LEVEL,
@@ -416,8 +408,7 @@ class CLEVERDecoder(nn.Module):
         """
         Args:
             feats: {level: [N, d, h, w]} for ``visual_levels``, N = B*T (frame-major per clip):
-                F^s for ``used_levels``; for the fusion, the MASK_IN_FEATURE encoder features
-                [N, C_mask, H, W], normalised but not projected (the mix's 1x1 conv does that).
+                F^s for ``used_levels``, the projected MASK_IN_FEATURE features for the fusion.
             audio: {level: T^s [B, T, d]} for ``used_levels``; None when not ``reads_audio``.
             frame_valid: [B, T] bool, False = padding frame.
         Returns:

@@ -9,9 +9,7 @@ detectron2's ``SEM_SEG_HEADS_REGISTRY`` and a criterion. SelM's head is, per CLE
 
 and CLEVER (``MODEL.SELM.CLEVER.NAME`` in ``SELM_DECODER_REGISTRY``) turns the selected
 features into masks. With ``MODEL.SELM.CLEVER.MASK_FUSION`` the ``MASK_IN_FEATURE`` level
-(res2, or the stem's res1) is fused into the final masks after a GroupNorm alone: not
-selected, and not projected to d, as the fusion's own 1x1 conv does that (a 1x1 conv to d
-before it cost 10% of an AVS-Synth training step for no gain in M_J; README, "make demo").
+(res2, or the stem's res1) is projected too (not selected) and fused into the final masks.
 
 Choices where the paper is silent (README, "Where this implementation departs from the paper"):
 
@@ -26,6 +24,7 @@ mask-level projection without MASK_FUSION. ``visual_levels``, ``audio_levels`` a
 ``reads_audio`` tell SelM which encoder outputs the head reads, so it can leave out DAM
 directions whose outputs nothing reads.
 """
+import math
 
 from torch import nn
 
@@ -33,14 +32,14 @@ from detectron2.config import configurable
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 
 from .bcsm import BCSM
-from .clever import _group_norm, build_selm_decoder
+from .clever import build_selm_decoder
 
 __all__ = ["SelMHead", "paired_audio_channels"]
 
 
 def _visual_projection(in_channels, dim):
     return nn.Sequential(nn.Conv2d(in_channels, dim, kernel_size=1, bias=False),
-                         _group_norm(dim))
+                         nn.GroupNorm(math.gcd(32, dim), dim))
 
 
 class _AudioProjection(nn.Module):
@@ -78,8 +77,8 @@ class SelMHead(nn.Module):
         NOTE: this interface is experimental.
 
         Args:
-            visual_proj: nn.ModuleDict {level: 1x1 conv + GN to d} for CLEVER's layer levels,
-                and {mask level: GN} when it fuses one.
+            visual_proj: nn.ModuleDict {level: 1x1 conv + GN to d} for every level CLEVER reads
+                (its layer levels, plus its mask level when it fuses one).
             audio_proj: nn.ModuleDict {level: _AudioProjection} for the levels BCSM selects;
                 empty when nothing reads audio tokens.
             bcsm: nn.ModuleDict {level: BCSM} for CLEVER's layer levels (``used_levels``).
@@ -103,8 +102,7 @@ class SelMHead(nn.Module):
         embedding_dim = cfg.MODEL.SELM.AUDIO.FC_DIMS[-1]
         return {
             "visual_proj": nn.ModuleDict({
-                name: (_visual_projection(input_shape[name].channels, dim) if name in levels
-                       else _group_norm(input_shape[name].channels))
+                name: _visual_projection(input_shape[name].channels, dim)
                 for name in clever.visual_levels}),
             "audio_proj": nn.ModuleDict({
                 name: _AudioProjection(audio_channels[name], embedding_dim, dim)

@@ -8,8 +8,8 @@
 (one frame is taken per second, as AVSBench's preprocessing does). The clip is trimmed or
 padded to the config's length as the data pipeline does (``predictor.fit_clip_length``).
 Writes ``frame_<k>.png`` overlays, ``mask_<k>.png`` label maps, ``overlay.mp4`` with the clip's
-sound when ffmpeg is installed (the ``[app]`` extra, as for the web demo), and with ``--heatmaps`` the BCSM selection maps (paper Fig. 5) as
-``heatmap_<level>_<k>.png``.
+sound when ffmpeg is installed (the ``[app]`` extra, as for the web demo), and with
+``--heatmaps`` the BCSM selection maps (paper Fig. 5) as ``heatmap_<level>_<k>.png``.
 """
 import argparse
 import logging
@@ -43,7 +43,9 @@ def get_parser():
     parser.add_argument("--audio", required=True, help="the clip's audio (wav/flac)")
     parser.add_argument("--output", required=True, help="output folder")
     parser.add_argument("--heatmaps", action="store_true", help="also draw BCSM selection maps")
-    parser.add_argument("--fps", type=float, default=1.0, help="frame rate of overlay.mp4 (1: one frame per second of sound, in step with it)")
+    parser.add_argument("--fps", type=float, default=1.0,
+                        help="frame rate of overlay.mp4 (1: one frame per second of sound, "
+                             "in step with it)")
     parser.add_argument("--allow-random-weights", action="store_true",
                         help="run even when MODEL.WEIGHTS is empty (an untrained model)")
     parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="KEY VALUE config overrides")

@@ -31,7 +31,10 @@ def atomic_path(path):
 
 
 def write_text_atomic(path, text):
-    """Write ``text`` to ``path`` atomically (see ``atomic_path``)."""
+    """Write ``text`` to ``path`` atomically (see ``atomic_path``), on disk before the rename
+    (a crash right after it must not leave an empty results file)."""
     with atomic_path(path) as tmp:
         with open(tmp, "w") as f:
             f.write(text)
+            f.flush()
+            os.fsync(f.fileno())

@@ -44,9 +44,12 @@ def test_ablate_trains_one_row_writes_the_tables_and_skips_finished_runs(tmp_pat
     root = str(tmp_path / "data")
     generate(root, layouts=("ms3",), clips_per_split={"train": 2, "val": 0, "test": 4}, size=32,
              seed=1, progress=False)
+    # The recipe is a config file of the user's, based on the AVS-Synth one.
+    config = tmp_path / "recipe.yaml"
+    config.write_text("_BASE_: {}\n".format(os.path.join(REPO_ROOT, "configs/synth/ms3.yaml")))
     # Two runs side by side (--jobs 2), as make ablate trains them.
     argv = ["--only", "full", "bcsm_off", "--seeds", "0", "--max-iter", "2", "--jobs", "2",
-            "--output-dir", str(tmp_path / "ablate"),
+            "--config-file", str(config), "--output-dir", str(tmp_path / "ablate"),
             "--dataset", "abl_train=avsbench_ms3:{}:train".format(root),
             "--dataset", "abl_test=avsbench_ms3:{}:test".format(root),
             "DATASETS.TRAIN", "('abl_train',)", "DATASETS.TEST", "('abl_test',)",
@@ -68,8 +71,12 @@ def test_ablate_trains_one_row_writes_the_tables_and_skips_finished_runs(tmp_pat
     # A finished run is not trained again; another recipe in the same folder is refused.
     monkeypatch.setattr(ablate, "run_jobs", None)
     assert ablate.main(argv) == results
-    with pytest.raises(SystemExit, match="another recipe"):
+    with pytest.raises(SystemExit, match="another recipe.*opts"):
         ablate.main(argv + ["SOLVER.BASE_LR", "0.01"])
+    # So is one whose config file has changed since, under the same name and options.
+    config.write_text(config.read_text() + "SOLVER:\n  BASE_LR: 0.01\n")
+    with pytest.raises(SystemExit, match="another recipe.*config_digest"):
+        ablate.main(argv)
 
 
 def test_ablate_summary_and_rows():

@@ -21,6 +21,7 @@ Without ``--dataset`` the AVS-Synth MS3 data is generated first (a no-op when pr
 """
 import argparse
 import glob
+import hashlib
 import json
 import math
 import os
@@ -30,6 +31,8 @@ from collections import namedtuple
 
 from tqdm import tqdm
 
+from detectron2.config import get_cfg
+from selm_d2 import add_selm_config
 from selm_d2.utils import write_text_atomic
 from train_jobs import job_env, run_jobs
 
@@ -111,10 +114,32 @@ def _read_metrics(run_dir):
     return {"M_J": metrics["M_J"], "M_F": metrics[f_key], "M_F_key": f_key, "dataset": dataset}
 
 
+def _schedule(args):
+    return ["SOLVER.MAX_ITER", str(args.max_iter)] if args.max_iter else []
+
+
+def _config_digest(args):
+    """sha256 of the config every run of this invocation starts from, resolved as train_net.py
+    resolves it (defaults, config file, schedule, options), less what differs between runs or
+    does not change the model (output folder, seed, checkpoint and evaluation periods).
+
+    The file name and options alone do not identify a recipe: the file or a default can
+    change between two invocations, and the old runs must then not count as the new recipe.
+    """
+    cfg = get_cfg()
+    add_selm_config(cfg)
+    cfg.merge_from_file(os.path.join(REPO, args.config_file))
+    cfg.merge_from_list(_schedule(args) + list(args.opts))
+    cfg.OUTPUT_DIR, cfg.SEED = "", 0
+    cfg.SOLVER.CHECKPOINT_PERIOD, cfg.TEST.EVAL_PERIOD = 0, 0
+    return hashlib.sha256(cfg.dump().encode()).hexdigest()
+
+
 def _recipe(args):
     """What every run of this invocation shares; runs of another recipe are not mixed in."""
     return {"config_file": args.config_file, "max_iter": args.max_iter,
-            "dataset": list(args.dataset), "opts": list(args.opts)}
+            "dataset": list(args.dataset), "opts": list(args.opts),
+            "config_digest": args.config_digest}
 
 
 def _finished(run_dir, args):
@@ -124,20 +149,26 @@ def _finished(run_dir, args):
         return None
     with open(result) as f:
         done = json.load(f)
-    if done["recipe"] != _recipe(args):
-        raise SystemExit("{} was trained with another recipe ({}): use another --output-dir "
-                         "or delete it".format(run_dir, done["recipe"]))
+    recipe = _recipe(args)
+    if done["recipe"] != recipe:
+        differ = sorted(k for k in set(recipe) | set(done["recipe"])
+                        if done["recipe"].get(k) != recipe.get(k))
+        raise SystemExit("{} was trained with another recipe ({} differ: {} there, {} now; "
+                         "config_digest covers the config file and the defaults): use another "
+                         "--output-dir or delete it".format(
+                             run_dir, ", ".join(differ),
+                             {k: done["recipe"].get(k) for k in differ},
+                             {k: recipe.get(k) for k in differ}))
     return done
 
 
 def _command(row, seed, args):
     """train_net.py for one run (resuming if interrupted; it evaluates after training)."""
     datasets = [a for spec in args.dataset for a in ("--dataset", spec)]
-    schedule = ["SOLVER.MAX_ITER", str(args.max_iter)] if args.max_iter else []
     return ([sys.executable, os.path.join(REPO, "train_net.py"), "--config-file",
              args.config_file, "--resume"] + datasets
             + ["OUTPUT_DIR", _run_dir(args.output_dir, row, seed), "SEED", str(seed),
-               "TEST.EVAL_PERIOD", "0"] + schedule + list(args.opts) + ROWS[row][1])
+               "TEST.EVAL_PERIOD", "0"] + _schedule(args) + list(args.opts) + ROWS[row][1])
 
 
 def train_and_evaluate(runs, args, env):
@@ -237,6 +268,7 @@ def main(argv=None):
     args = get_parser().parse_args(argv)
     config_file, (data_dir, layout, categories), study_tables, metrics = STUDIES[args.study]
     args.config_file = args.config_file or config_file
+    args.config_digest = _config_digest(args)
     args.output_dir = os.path.abspath(args.output_dir or (
         "output/ablate" if args.study == "paper" else "output/ablate_" + args.study))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(

@@ -31,7 +31,7 @@ from torch import nn
 from detectron2.config import configurable
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 
-from .bcsm import BCSM
+from .bcsm import BCSM, select_levels
 from .clever import build_selm_decoder
 
 __all__ = ["SelMHead", "paired_audio_channels"]
@@ -147,12 +147,16 @@ class SelMHead(nn.Module):
         frame_mask = frame_valid.flatten().float()[:, None, None, None]
         feats = {level: proj(features[level]) * frame_mask
                  for level, proj in self.visual_proj.items()}
+        levels = list(self.bcsm)
+        audio_in = [self.audio_proj[level](audio_tokens[level], embedding)
+                    * frame_valid[..., None].float() if self.reads_audio else None
+                    for level in levels]
+        # All levels' BCSMs at once (same function as one by one, fewer ops on CPU).
+        selected = select_levels(list(self.bcsm.values()),
+                                 [feats[level].view(b, t, *feats[level].shape[1:])
+                                  for level in levels], audio_in)
         audio, selection = {}, {}
-        for level, bcsm in self.bcsm.items():
-            a = (self.audio_proj[level](audio_tokens[level], embedding)
-                 * frame_valid[..., None].float() if self.reads_audio else None)
-            f = feats[level]
-            f_sel, audio[level], weight = bcsm(f.view(b, t, *f.shape[1:]), a)
+        for level, (f_sel, audio[level], weight) in zip(levels, selected):
             feats[level] = f_sel.flatten(0, 1)
             if weight is not None:
                 selection[level] = weight

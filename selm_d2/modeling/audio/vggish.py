@@ -10,6 +10,7 @@ from torch import nn
 from detectron2.config import configurable
 
 from ..backbone.weights import load_checked_state_dict, read_weights_file
+from ..pooling import MaxPool2d
 
 __all__ = ["VGGish", "load_vggish_weights"]
 
@@ -50,7 +51,7 @@ class VGGish(nn.Module):
         layers = []
         for item in layout:
             if item == "M":
-                layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+                layers.append(MaxPool2d(kernel_size=2, stride=2))
             else:
                 conv = nn.Conv2d(item[0], item[1], kernel_size=3, padding=1)
                 layers += [conv, nn.ReLU(inplace=True)]

@@ -16,6 +16,7 @@ from detectron2.modeling.backbone.resnet import (
     ResNet,
 )
 
+from ..pooling import MaxPool2d
 from .weights import load_checked_state_dict, read_weights_file
 
 logger = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ class StagedResNet(ResNet):
         super().__init__(stem, stages, out_features=out_features, freeze_at=freeze_at)
         # BasicStem's max-pool as a module (no parameters), so that per-module timing and
         # hooks see it inside the backbone.
-        self.stem_pool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.stem_pool = MaxPool2d(kernel_size=3, stride=2, padding=1)
 
     @classmethod
     def from_config(cls, cfg, input_shape):

@@ -22,7 +22,6 @@ from torch.nn.parallel import DistributedDataParallel
 
 import detectron2.utils.comm as comm
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.data import (
     DatasetCatalog,
     MetadataCatalog,
@@ -42,7 +41,7 @@ from detectron2.evaluation import inference_on_dataset, verify_results
 from detectron2.solver.build import maybe_add_gradient_clipping
 from detectron2.utils.logger import setup_logger
 
-from selm_d2 import add_selm_config
+from selm_d2 import load_config
 from selm_d2.data import AVSClipDatasetMapper, check_num_classes
 from selm_d2.data.datasets import register_dataset_specs
 from selm_d2.evaluation import AVSEvaluator, model_output_request
@@ -276,17 +275,7 @@ def _merge(results, dataset_name, extra, num_datasets):
 
 
 def setup(args):
-    cfg = get_cfg()
-    add_selm_config(cfg)
-    try:
-        cfg.merge_from_file(args.config_file)
-        cfg.merge_from_list(args.opts)
-    except KeyError as e:
-        raise KeyError(
-            "{} (from {} or the command line). SelM's keys and their defaults are listed in "
-            "selm_d2/config.py; detectron2's in detectron2/config/defaults.py. Check the spelling "
-            "or remove the key.".format(e.args[0] if e.args else e, args.config_file)
-        ) from None
+    cfg = load_config(args.config_file, args.opts)
     changes = []
     if not torch.cuda.is_available():
         if cfg.SOLVER.AMP.ENABLED:

@@ -14,13 +14,12 @@ import torch
 import tqdm
 
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.data.detection_utils import read_image
 from detectron2.modeling import build_model
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
-from selm_d2 import add_selm_config
+from selm_d2 import load_config
 from selm_d2.data import AVSClipDatasetMapper
 from selm_d2.utils import atomic_path, file_name_key
 
@@ -36,10 +35,7 @@ def setup_cfg(config_file, opts, selection_maps=False):
     Args:
         selection_maps: also return BCSM's selection maps (MODEL.SELM.RETURN_SELECTION_MAPS).
     """
-    cfg = get_cfg()
-    add_selm_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(opts)
+    cfg = load_config(config_file, opts)
     if selection_maps:
         cfg.MODEL.SELM.RETURN_SELECTION_MAPS = True
     if not torch.cuda.is_available():

@@ -148,3 +148,25 @@ def add_selm_config(cfg):
     cfg.SOLVER.OPTIMIZER = "ADAMW"  # ADAMW | SGD
     cfg.SOLVER.BACKBONE_MULTIPLIER = 1.0  # LR multiplier of the visual encoder
     cfg.SOLVER.AUDIO_MULTIPLIER = 1.0  # LR multiplier of VGGish when unfrozen
+
+
+def load_config(config_file, opts=()):
+    """detectron2's defaults + SelM's keys + ``config_file`` + ``opts`` (KEY VALUE ...), not
+    frozen. An unknown or renamed key raises a KeyError that names it, where it came from and
+    where the keys are listed (yacs alone raises an AssertionError for the command line's)."""
+    from detectron2.config import get_cfg
+
+    cfg = get_cfg()
+    add_selm_config(cfg)
+    try:
+        cfg.merge_from_file(config_file)
+        cfg.merge_from_list(list(opts))
+    except (KeyError, AssertionError) as e:
+        message = str(e.args[0]) if e.args else str(e)
+        if isinstance(e, AssertionError) and not message.startswith("Non-existent key"):
+            raise ValueError("{}: config options are KEY VALUE pairs".format(message)) from None
+        raise KeyError(
+            "{} (from {} or the command line). SelM's keys and their defaults are listed in "
+            "selm_d2/config.py; detectron2's in detectron2/config/defaults.py. Check the "
+            "spelling or remove the key.".format(message, config_file)) from None
+    return cfg

@@ -73,6 +73,8 @@ def test_ablate_trains_one_row_writes_the_tables_and_skips_finished_runs(tmp_pat
     assert ablate.main(argv) == results
     with pytest.raises(SystemExit, match="another recipe.*opts"):
         ablate.main(argv + ["SOLVER.BASE_LR", "0.01"])
+    with pytest.raises(SystemExit, match="SOLVER.BASE_LRR"):
+        ablate.main(argv + ["SOLVER.BASE_LRR", "0.01"])
     # So is one whose config file has changed since, under the same name and options.
     config.write_text(config.read_text() + "SOLVER:\n  BASE_LR: 0.01\n")
     with pytest.raises(SystemExit, match="another recipe.*config_digest"):

@@ -31,8 +31,7 @@ from collections import namedtuple
 
 from tqdm import tqdm
 
-from detectron2.config import get_cfg
-from selm_d2 import add_selm_config
+from selm_d2 import load_config
 from selm_d2.utils import write_text_atomic
 from train_jobs import job_env, run_jobs
 
@@ -126,10 +125,10 @@ def _config_digest(args):
     The file name and options alone do not identify a recipe: the file or a default can
     change between two invocations, and the old runs must then not count as the new recipe.
     """
-    cfg = get_cfg()
-    add_selm_config(cfg)
-    cfg.merge_from_file(os.path.join(REPO, args.config_file))
-    cfg.merge_from_list(_schedule(args) + list(args.opts))
+    try:
+        cfg = load_config(os.path.join(REPO, args.config_file), _schedule(args) + list(args.opts))
+    except (KeyError, ValueError) as e:
+        raise SystemExit(str(e.args[0])) from None
     cfg.OUTPUT_DIR, cfg.SEED = "", 0
     cfg.SOLVER.CHECKPOINT_PERIOD, cfg.TEST.EVAL_PERIOD = 0, 0
     return hashlib.sha256(cfg.dump().encode()).hexdigest()

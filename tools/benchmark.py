@@ -38,10 +38,9 @@ import torch
 import tqdm
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from detectron2.config import get_cfg  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 
-from selm_d2 import add_selm_config  # noqa: E402
+from selm_d2 import load_config  # noqa: E402
 from selm_d2.modeling.mamba import selective_scan, selective_scan_ref  # noqa: E402
 from selm_d2.utils import atomic_path, write_text_atomic  # noqa: E402
 from train_net import Trainer  # noqa: E402
@@ -60,9 +59,7 @@ AVSS_OUTPUT_REQUESTS = {
 
 
 def load_cfg(path, device, opts=()):
-    cfg = get_cfg()
-    add_selm_config(cfg)
-    cfg.merge_from_file(os.path.join(REPO, path))
+    cfg = load_config(os.path.join(REPO, path))
     # No pretrained files are needed to time a network: random weights cost the same.
     cfg.MODEL.SELM.VISUAL_WEIGHTS = ""
     cfg.MODEL.SELM.AUDIO.WEIGHTS = ""

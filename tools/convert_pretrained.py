@@ -18,11 +18,10 @@ import sys
 
 import torch
 
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 sys.path.insert(1, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from selm_d2 import add_selm_config  # noqa: E402
+from selm_d2 import load_config  # noqa: E402
 from selm_d2.modeling.pretrained import encoder_state_dict, load_pretrained_encoders  # noqa: E402
 from selm_d2.utils import atomic_path  # noqa: E402
 
@@ -41,10 +40,7 @@ def get_parser():
 
 def convert(config_file, output, visual=None, audio=None, opts=()):
     """Write ``output``; returns the number of tensors written."""
-    cfg = get_cfg()
-    add_selm_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
+    cfg = load_config(config_file, opts)
     if visual is not None:
         cfg.MODEL.SELM.VISUAL_WEIGHTS = visual
     if audio is not None:

@@ -24,9 +24,8 @@ TOOLS = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(TOOLS, ".."))
 sys.path.insert(0, TOOLS)
 from benchmark import bench_scan, machine_info  # noqa: E402
-from detectron2.config import get_cfg  # noqa: E402
 
-from selm_d2 import add_selm_config  # noqa: E402
+from selm_d2 import load_config  # noqa: E402
 from selm_d2.data.datasets import register_dataset_specs  # noqa: E402
 from selm_d2.data.synthetic import generate  # noqa: E402
 from selm_d2.modeling.mamba import Mamba, _load_cuda_kernels  # noqa: E402
@@ -46,10 +45,7 @@ def train_and_evaluate(device, iters, clips, output_dir):
         train, test = register_dataset_specs([
             "gpu_check_train=avsbench_ms3:{}:train".format(root),
             "gpu_check_test=avsbench_ms3:{}:test".format(root)])
-        cfg = get_cfg()
-        add_selm_config(cfg)
-        cfg.merge_from_file(SYNTH_CONFIG)
-        cfg.merge_from_list([
+        cfg = load_config(SYNTH_CONFIG, [
             "MODEL.DEVICE", device, "SOLVER.AMP.ENABLED", device == "cuda",
             "DATASETS.TRAIN", (train,), "DATASETS.TEST", (test,), "SOLVER.MAX_ITER", iters,
             "SOLVER.CHECKPOINT_PERIOD", iters, "TEST.EVAL_PERIOD", 0, "SEED", 0,

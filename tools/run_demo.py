@@ -87,21 +87,17 @@ def render(out_root, num_clips, opts=()):
     import numpy as np
 
     sys.path.insert(0, os.path.join(REPO, "demo"))
-    from detectron2.config import get_cfg
     from detectron2.data import DatasetCatalog
     from detectron2.data.detection_utils import read_image
     from predictor import (AVSPredictor, draw_heatmap, draw_prediction, finest_level, metadata_for,
                            write_image_atomic)
 
-    from selm_d2 import add_selm_config
+    from selm_d2 import load_config
     from selm_d2.data.masks import read_clip_masks
 
-    cfg = get_cfg()
-    add_selm_config(cfg)
-    cfg.merge_from_file(os.path.join(REPO, CONFIG))
-    cfg.merge_from_list(list(opts) + ["MODEL.WEIGHTS", os.path.join(out_root, "selm",
-                                                                    "model_final.pth"),
-                                      "MODEL.SELM.RETURN_SELECTION_MAPS", "True"])
+    cfg = load_config(os.path.join(REPO, CONFIG), list(opts) + [
+        "MODEL.WEIGHTS", os.path.join(out_root, "selm", "model_final.pth"),
+        "MODEL.SELM.RETURN_SELECTION_MAPS", "True"])
     cfg.freeze()
     predictor = AVSPredictor(cfg)
     metadata = metadata_for(cfg)

@@ -2,7 +2,6 @@
 import logging
 import re
 
-from torch import nn
 from torch.nn import functional as F
 
 from detectron2.config import configurable

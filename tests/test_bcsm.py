@@ -4,7 +4,7 @@ import torch
 from detectron2.config import get_cfg
 
 from selm_d2.config import add_selm_config
-from selm_d2.modeling.bcsm import A2V_SELECTIONS, BCSM, BCSM_MODES, select_levels
+from selm_d2.modeling.bcsm import A2V_SELECTIONS, BCSM, BCSM_MODES, BCSMLevels
 
 D = 16
 
@@ -104,7 +104,9 @@ def test_levels_selected_together_match_each_level_alone(mode, selection):
     torch.manual_seed(1)
     feats = [torch.randn(2, 5, D, h, w, requires_grad=True) for h, w in [(8, 8), (4, 6), (2, 2)]]
     audio = [torch.randn(2, 5, D, requires_grad=True) for _ in levels]
-    together = select_levels(levels, feats, audio)
+    names = ["res3", "res4", "res5"]
+    together = list(BCSMLevels(dict(zip(names, levels)))(dict(zip(names, feats)),
+                                                         dict(zip(names, audio))).values())
     loss = sum((o * (i + 1.0)).square().sum() for outs in together for i, o in enumerate(outs)
                if o is not None)
     inputs = feats + audio
@@ -126,8 +128,8 @@ def test_levels_selected_together_match_each_level_alone(mode, selection):
 
 
 def test_levels_of_different_settings_are_refused():
-    with pytest.raises(ValueError, match="one setting"):
-        select_levels([_bcsm("a2v"), _bcsm("bidirectional")], *zip(_inputs(), _inputs()))
+    with pytest.raises(ValueError, match="one setting.*res4"):
+        BCSMLevels({"res3": _bcsm("a2v"), "res4": _bcsm("bidirectional")})
 
 
 def test_from_config_and_bad_mode():

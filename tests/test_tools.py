@@ -1,4 +1,5 @@
 """tools/gpu_check.py runs its steps end to end (on CPU here, without AMP or mamba-ssm);
+tools/benchmark.py's per-part timing sees every part of the paper model;
 tools/ablate.py trains a row, writes the tables and resumes; tools/run_demo.py trains SelM and
 its visual-only twin side by side."""
 import json
@@ -12,6 +13,7 @@ from conftest import REPO_ROOT
 
 sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
 import ablate  # noqa: E402
+import benchmark  # noqa: E402
 import gpu_check  # noqa: E402
 import run_demo  # noqa: E402
 import train_jobs  # noqa: E402
@@ -36,6 +38,19 @@ def test_gpu_check_without_cuda_says_so(tmp_path):
         pytest.skip("CUDA is available here")
     with pytest.raises(SystemExit, match="No CUDA device.*--device cpu"):
         gpu_check.main(["--output-dir", str(tmp_path)])
+
+
+def test_benchmark_breakdown_times_every_part_of_the_paper_model():
+    # The parts are found by module hooks: a part whose module no longer runs its own forward
+    # (e.g. levels run together by a parent) would silently move into "other".
+    (row,) = benchmark.bench_breakdown("cpu", repeats=1, frames=(2,))
+    seconds = row["seconds"]
+    assert row["T"] == 2
+    assert set(seconds) == {"visual encoder", "VGGish", "DAM res2", "DAM res3", "DAM res4",
+                            "DAM res5", "projections", "BCSM", "CLEVER", "other", "total"}
+    assert all(v > 0 for k, v in seconds.items() if k != "other")
+    parts = sum(v for k, v in seconds.items() if k not in ("other", "total"))
+    assert abs(parts + seconds["other"] - seconds["total"]) < 1e-9
 
 
 def test_ablate_trains_one_row_writes_the_tables_and_skips_finished_runs(tmp_path, monkeypatch):

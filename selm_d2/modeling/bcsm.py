@@ -38,8 +38,8 @@ Choices where the paper is silent:
 - T^s feeds only CLEVER's audio cross-attention: with ``CLEVER.AUDIO_CROSS_ATTN`` off the
   V2A branch is not built (``effective_bcsm_mode``).
 
-The head runs all levels' BCSMs together (``select_levels``): the same function as one level
-at a time, with the levels' A2V Mamba blocks batched into one op each.
+The head runs all levels' BCSMs together (``BCSMLevels``): the same function as one level at
+a time, with the levels' A2V Mamba blocks batched into one op each.
 """
 import math
 
@@ -52,7 +52,7 @@ from detectron2.config import configurable
 from .grouped import grouped_linear
 from .mamba import MambaBlock, mamba_blocks_lockstep
 
-__all__ = ["BCSM", "BCSM_MODES", "A2V_SELECTIONS", "effective_bcsm_mode", "select_levels"]
+__all__ = ["BCSM", "BCSMLevels", "BCSM_MODES", "A2V_SELECTIONS", "effective_bcsm_mode"]
 
 BCSM_MODES = ("off", "a2v", "v2a", "bidirectional")
 A2V_SELECTIONS = ("channel", "spatial")
@@ -197,26 +197,41 @@ class BCSM(nn.Module):
             energy of the selected features, mean_c |F^s| ("channel": the paper's Fig. 5
             compares feature maps with and without BCSM).
         """
-        return select_levels([self], [feats], [audio])[0]
+        return _select_together([self], [feats], [audio])[0]
 
 
-def select_levels(bcsms, feats, audio):
-    """BCSM of several levels at once, as ``BCSM.forward`` of each; the levels' A2V Mamba
-    stacks and weight layers run in lockstep (``mamba_lockstep``), so G levels cost about the
-    ops of one.
+class BCSMLevels(nn.ModuleDict):
+    """{level: BCSM}, one per CLEVER level (own weights, equal settings), run together: the
+    levels' A2V Mamba stacks and weight layers run in lockstep (``mamba_lockstep``), so the
+    levels cost about the ops of one. The same function as each level's ``BCSM.forward``."""
 
-    Args:
-        bcsms: G ``BCSM`` modules of equal settings (one per CLEVER level), own weights.
-        feats: G visual features [B, T, d, h_g, w_g] (sizes may differ per level).
-        audio: G audio tokens [B, T, d] (None when neither branch is built).
-    Returns:
-        G tuples (F^s, T^s, selection map or None), as ``BCSM.forward``.
-    """
+    def __init__(self, bcsms):
+        super().__init__(bcsms)
+        settings = {name: (m.mode, m.a2v_selection, m.pool_size) for name, m in self.items()}
+        if len(set(settings.values())) > 1:
+            raise ValueError("BCSMLevels runs BCSMs of one setting (mode, A2V selection, pool "
+                             "size) together, got {}".format(settings))
+
+    def forward(self, feats, audio):
+        """
+        Args:
+            feats: {level: F [B, T, d, h, w]} for every level here (sizes may differ).
+            audio: {level: A [B, T, d]}, or None when no branch is built.
+        Returns:
+            {level: (F^s, T^s, selection map or None)}, as ``BCSM.forward``.
+        """
+        levels = list(self)
+        if not levels:
+            return {}
+        selected = _select_together(
+            list(self.values()), [feats[level] for level in levels],
+            [None if audio is None else audio[level] for level in levels])
+        return dict(zip(levels, selected))
+
+
+def _select_together(bcsms, feats, audio):
+    """G BCSMs of equal settings on G levels: lists in, list of G ``BCSM.forward`` results out."""
     first = bcsms[0]
-    settings = [(m.mode, m.a2v_selection, m.pool_size) for m in bcsms]
-    if settings.count(settings[0]) != len(settings):
-        raise ValueError("select_levels runs BCSMs of one setting together, got {}".format(
-            settings))
     num_frames = feats[0].shape[1]
     selected_audio = list(audio)
     if first.v2a is not None:

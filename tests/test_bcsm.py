@@ -4,7 +4,7 @@ import torch
 from detectron2.config import get_cfg
 
 from selm_d2.config import add_selm_config
-from selm_d2.modeling.bcsm import A2V_SELECTIONS, BCSM, BCSM_MODES, BCSMLevels
+from selm_d2.modeling.bcsm import A2V_SELECTIONS, BCSM, BCSM_MODES
 
 D = 16
 
@@ -89,47 +89,6 @@ def test_trailing_frames_do_not_change_earlier_frames(selection):
     out2 = bcsm(feats2, audio2)
     for a, b in zip(out, out2):
         assert torch.allclose(a[:, :3], b[:, :3], atol=1e-5)
-
-
-@pytest.mark.parametrize("selection", A2V_SELECTIONS)
-@pytest.mark.parametrize("mode", ["bidirectional", "a2v", "v2a"])
-def test_levels_selected_together_match_each_level_alone(mode, selection):
-    # The head runs its levels' BCSMs together (weights stacked, one op per block for all
-    # levels): each level must get its own outputs and gradients, whatever its map size.
-    levels = []
-    for seed in range(3):
-        torch.manual_seed(20 + seed)
-        levels.append(BCSM(dim=D, mode=mode, a2v_selection=selection, num_blocks=2,
-                           pool_size=2, mamba_kwargs={"d_state": 4, "impl": "torch"}))
-    torch.manual_seed(1)
-    feats = [torch.randn(2, 5, D, h, w, requires_grad=True) for h, w in [(8, 8), (4, 6), (2, 2)]]
-    audio = [torch.randn(2, 5, D, requires_grad=True) for _ in levels]
-    names = ["res3", "res4", "res5"]
-    together = list(BCSMLevels(dict(zip(names, levels)))(dict(zip(names, feats)),
-                                                         dict(zip(names, audio))).values())
-    loss = sum((o * (i + 1.0)).square().sum() for outs in together for i, o in enumerate(outs)
-               if o is not None)
-    inputs = feats + audio
-    grads = torch.autograd.grad(loss, inputs + [p for m in levels for p in m.parameters()])
-    for g, (bcsm, f, a) in enumerate(zip(levels, feats, audio)):
-        alone = bcsm(f, a)
-        alone_loss = sum((o * (i + 1.0)).square().sum() for i, o in enumerate(alone)
-                         if o is not None)
-        alone_grads = torch.autograd.grad(alone_loss, [f, a] + list(bcsm.parameters()))
-        for got, expected in zip(together[g], alone):
-            assert (got is None) == (expected is None)
-            if got is not None:
-                torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
-        params_before = sum(len(list(m.parameters())) for m in levels[:g])
-        together_grads = [grads[g], grads[len(levels) + g]] + list(
-            grads[len(inputs) + params_before:][:len(alone_grads) - 2])
-        for got, expected in zip(together_grads, alone_grads):
-            torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
-
-
-def test_levels_of_different_settings_are_refused():
-    with pytest.raises(ValueError, match="one setting.*res4"):
-        BCSMLevels({"res3": _bcsm("a2v"), "res4": _bcsm("bidirectional")})
 
 
 def test_from_config_and_bad_mode():

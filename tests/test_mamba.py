@@ -6,8 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from selm_d2.modeling import mamba as mamba_module
-from selm_d2.modeling.mamba import (Mamba, MambaBlock, mamba_blocks_lockstep, mamba_lockstep,
-                                    selective_scan, selective_scan_ref)
+from selm_d2.modeling.mamba import Mamba, MambaBlock, selective_scan, selective_scan_ref
 
 
 def _scan_inputs(batch, dim, dstate, length, seed=0):
@@ -107,30 +106,6 @@ def test_chunked_scan_backward_matches_finite_differences():
         lambda *a: mamba_module._ChunkedSelectiveScan.apply(*a, size), args)
 
 
-@pytest.mark.parametrize("scan", [selective_scan, selective_scan_ref])
-def test_scan_with_parameters_per_sequence_matches_one_scan_per_sequence(scan):
-    # mamba_lockstep scans several layers' sequences at once, each with its layer's A, D and
-    # delta_bias; each sequence must get exactly what a scan of its own with those gives.
-    inputs = _scan_inputs(batch=3, dim=5, dstate=4, length=37, seed=5)
-    g = torch.Generator().manual_seed(6)
-    inputs["A"] = -torch.exp(torch.randn(3, 5, 4, generator=g))
-    inputs["D"], inputs["delta_bias"] = torch.randn(3, 5, generator=g), torch.randn(3, 5,
-                                                                                    generator=g)
-    names = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
-    leaves = {k: inputs[k].clone().requires_grad_() for k in names}
-    out = scan(**leaves, delta_softplus=True)
-    weights = torch.cos(torch.arange(out.numel(), dtype=out.dtype)).view_as(out)
-    (out * weights).sum().backward()
-    for i in range(3):
-        alone = {k: inputs[k][i:i + 1].clone().requires_grad_() for k in names}
-        ref = selective_scan_ref(**{k: v[0] if k in ("A", "D", "delta_bias") else v
-                                    for k, v in alone.items()}, delta_softplus=True)
-        (ref * weights[i:i + 1]).sum().backward()
-        _assert_close(out[i:i + 1].detach(), ref.detach(), "output of sequence {}".format(i))
-        for k in names:
-            _assert_close(leaves[k].grad[i:i + 1], alone[k].grad, "grad of {}[{}]".format(k, i))
-
-
 def test_scan_rejects_bad_chunk_size():
     with pytest.raises(ValueError, match="chunk_size"):
         selective_scan(**_scan_inputs(1, 2, 2, 4), chunk_size=0)
@@ -224,44 +199,6 @@ def test_module_forward_matches_reference_assembly(length, conv_bias):
     out = module(hidden)
     assert out.shape == (2, length, 24)
     _assert_close(out, _reference_forward(module, hidden), "module output")
-
-
-def _param_grads(modules):
-    return [p.grad.clone() for m in modules for p in m.parameters()]
-
-
-@pytest.mark.parametrize("blocks", [False, True])
-def test_lockstep_layers_match_each_layer_alone(blocks):
-    # G layers with their own weights, run together, give each layer's own output and
-    # gradients; checked against the reference assembly (LayerNorm + residual for blocks).
-    layers = []
-    for seed in range(3):
-        torch.manual_seed(10 + seed)
-        layer = (MambaBlock(12, d_state=5, conv_bias=seed != 1, impl="torch") if blocks
-                 else Mamba(12, d_state=5, impl="torch"))
-        if blocks:  # LayerNorm affine parts that differ per block
-            torch.nn.init.normal_(layer.norm.weight)
-            torch.nn.init.normal_(layer.norm.bias)
-        layers.append(layer)
-    if blocks:  # a missing conv bias on one block only is not a shape of equal layers
-        layers[1].mixer.conv1d.bias = torch.nn.Parameter(torch.zeros(24))
-    hidden = torch.randn(3, 2, 19, 12, requires_grad=True)
-    run = mamba_blocks_lockstep if blocks else mamba_lockstep
-    out = run(layers, hidden)
-    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(7))
-    (out * weights).sum().backward()
-    grads, input_grad = _param_grads(layers), hidden.grad.clone()
-    for layer in layers:
-        layer.zero_grad()
-    for g, layer in enumerate(layers):
-        alone = hidden[g].detach().clone().requires_grad_()
-        ref = (alone + _reference_forward(layer.mixer, layer.norm(alone)) if blocks
-               else _reference_forward(layer, alone))
-        (ref * weights[g]).sum().backward()
-        _assert_close(out[g].detach(), ref.detach(), "output of layer {}".format(g))
-        _assert_close(input_grad[g], alone.grad, "input grad of layer {}".format(g))
-    for got, expected in zip(grads, _param_grads(layers)):
-        _assert_close(got, expected, "parameter grad")
 
 
 def test_module_is_causal():

@@ -41,8 +41,8 @@ def test_gpu_check_without_cuda_says_so(tmp_path):
 
 
 def test_benchmark_breakdown_times_every_part_of_the_paper_model():
-    # The parts are found by module hooks: a part whose module no longer runs its own forward
-    # (e.g. levels run together by a parent) would silently move into "other".
+    # The parts are found by module hooks: a part whose module stopped running its own forward
+    # would silently move into "other".
     (row,) = benchmark.bench_breakdown("cpu", repeats=1, frames=(2,))
     seconds = row["seconds"]
     assert row["T"] == 2

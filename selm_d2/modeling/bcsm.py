@@ -37,9 +37,6 @@ Choices where the paper is silent:
   ``v2a`` (select audio only), ``off`` (identity; no selection map).
 - T^s feeds only CLEVER's audio cross-attention: with ``CLEVER.AUDIO_CROSS_ATTN`` off the
   V2A branch is not built (``effective_bcsm_mode``).
-
-The head runs all levels' BCSMs together (``BCSMLevels``): the same function as one level at
-a time, with the levels' A2V Mamba blocks batched into one op each.
 """
 import math
 
@@ -49,10 +46,9 @@ from torch.nn import functional as F
 
 from detectron2.config import configurable
 
-from .grouped import grouped_linear
-from .mamba import MambaBlock, mamba_blocks_lockstep
+from .mamba import MambaBlock
 
-__all__ = ["BCSM", "BCSMLevels", "BCSM_MODES", "A2V_SELECTIONS", "effective_bcsm_mode"]
+__all__ = ["BCSM", "BCSM_MODES", "A2V_SELECTIONS", "effective_bcsm_mode"]
 
 BCSM_MODES = ("off", "a2v", "v2a", "bidirectional")
 A2V_SELECTIONS = ("channel", "spatial")
@@ -70,13 +66,6 @@ def _mamba_stack(dim, num_blocks, mamba_kwargs):
     return nn.Sequential(*[MambaBlock(dim, **mamba_kwargs) for _ in range(num_blocks)])
 
 
-def _run_stacks(stacks, seq):
-    """G Mamba stacks of equal shapes, stack g on seq[g], in lockstep: [G, B, L, d] -> same."""
-    for blocks in zip(*stacks):
-        seq = mamba_blocks_lockstep(blocks, seq)
-    return seq
-
-
 def _pooled_sequence(feats, pool_size):
     """feats [B, T, d, h, w] -> [B, T*p*p, d]: each frame average-pooled to p x p, time-major."""
     b, t, d = feats.shape[:3]
@@ -87,26 +76,22 @@ def _pooled_sequence(feats, pool_size):
 class _ChannelSeM(nn.Module):
     """A SeM branch with channel weights: a token sequence -> Mamba stack -> per-frame mean ->
     Linear -> sigmoid. V2A-SeM runs it on the pooled visual features, A2V-SeM ("channel") on
-    the audio tokens (one per frame, nothing to pool): the paper's two mirrored branches.
-    ``_channel_weights`` runs it."""
+    the audio tokens (one per frame, nothing to pool): the paper's two mirrored branches."""
 
     def __init__(self, dim, num_blocks, mamba_kwargs):
         super().__init__()
         self.mamba = _mamba_stack(dim, num_blocks, mamba_kwargs)
         self.to_weight = nn.Linear(dim, dim)
 
-
-def _channel_weights(sems, seq, num_frames):
-    """G ``_ChannelSeM``s, SeM g on seq[g]: [G, B, T*n, d], n tokens per frame, time-major ->
-    weights [G, B, T, d] in (0, 1)."""
-    g, b, _, d = seq.shape
-    per_frame = _run_stacks([s.mamba for s in sems], seq).view(g, b, num_frames, -1, d).mean(3)
-    return torch.sigmoid(grouped_linear([s.to_weight for s in sems], per_frame))
+    def forward(self, seq, num_frames):
+        """seq [B, T*n, d], n tokens per frame, time-major -> weights [B, T, d] in (0, 1)."""
+        b, _, d = seq.shape
+        per_frame = self.mamba(seq).view(b, num_frames, -1, d).mean(dim=2)
+        return torch.sigmoid(self.to_weight(per_frame))
 
 
 class _SpatialA2VSeM(nn.Module):
-    """Audio tokens -> Mamba stack -> per-frame selector -> spatial weights on the frame (ours).
-    ``_spatial_weights`` runs it."""
+    """Audio tokens -> Mamba stack -> per-frame selector -> spatial weights on the frame (ours)."""
 
     def __init__(self, dim, num_blocks, mamba_kwargs):
         super().__init__()
@@ -114,19 +99,13 @@ class _SpatialA2VSeM(nn.Module):
         self.query = nn.Linear(dim, dim)
         self.key = nn.Conv2d(dim, dim, kernel_size=1)
 
-
-def _spatial_weights(sems, feats, audio):
-    """G ``_SpatialA2VSeM``s: feats, G of [B, T, d, h_g, w_g]; audio [G, B, T, d] ->
-    G spatial weights [B, T, h_g, w_g] in (0, 1)."""
-    selectors = grouped_linear([s.query for s in sems],
-                               _run_stacks([s.mamba for s in sems], audio))  # [G, B, T, d]
-    weights = []
-    for sem, f, selector in zip(sems, feats, selectors):
-        b, t, d, h, w = f.shape
-        keys = sem.key(f.flatten(0, 1)).view(b, t, d, h, w)
+    def forward(self, feats, audio):
+        """feats [B, T, d, h, w], audio [B, T, d] -> spatial weights [B, T, h, w] in (0, 1)."""
+        b, t, d, h, w = feats.shape
+        selector = self.query(self.mamba(audio))  # [B, T, d]
+        keys = self.key(feats.flatten(0, 1)).view(b, t, d, h, w)
         logits = torch.einsum("btd,btdhw->bthw", selector, keys) / math.sqrt(d)
-        weights.append(torch.sigmoid(logits))
-    return weights
+        return torch.sigmoid(logits)
 
 
 class BCSM(nn.Module):
@@ -190,63 +169,20 @@ class BCSM(nn.Module):
         """
         Args:
             feats: F, visual features [B, T, d, h, w].
-            audio: A, audio tokens [B, T, d] (None when neither branch is built).
+            audio: A, audio tokens [B, T, d].
         Returns:
             (F^s [B, T, d, h, w], T^s [B, T, d], selection map [B, T, h, w] or None when A2V
             is off). The map is the spatial weight map W_v ("spatial"), or the per-position
             energy of the selected features, mean_c |F^s| ("channel": the paper's Fig. 5
             compares feature maps with and without BCSM).
         """
-        return _select_together([self], [feats], [audio])[0]
-
-
-class BCSMLevels(nn.ModuleDict):
-    """{level: BCSM}, one per CLEVER level (own weights, equal settings), run together: the
-    levels' A2V Mamba stacks and weight layers run in lockstep (``mamba_lockstep``), so the
-    levels cost about the ops of one. The same function as each level's ``BCSM.forward``."""
-
-    def __init__(self, bcsms):
-        super().__init__(bcsms)
-        settings = {name: (m.mode, m.a2v_selection, m.pool_size) for name, m in self.items()}
-        if len(set(settings.values())) > 1:
-            raise ValueError("BCSMLevels runs BCSMs of one setting (mode, A2V selection, pool "
-                             "size) together, got {}".format(settings))
-
-    def forward(self, feats, audio):
-        """
-        Args:
-            feats: {level: F [B, T, d, h, w]} for every level here (sizes may differ).
-            audio: {level: A [B, T, d]}, or None when no branch is built.
-        Returns:
-            {level: (F^s, T^s, selection map or None)}, as ``BCSM.forward``.
-        """
-        levels = list(self)
-        if not levels:
-            return {}
-        selected = _select_together(
-            list(self.values()), [feats[level] for level in levels],
-            [None if audio is None else audio[level] for level in levels])
-        return dict(zip(levels, selected))
-
-
-def _select_together(bcsms, feats, audio):
-    """G BCSMs of equal settings on G levels: lists in, list of G ``BCSM.forward`` results out."""
-    first = bcsms[0]
-    num_frames = feats[0].shape[1]
-    selected_audio = list(audio)
-    if first.v2a is not None:
-        # One level at a time: V2A's scan states ([B, T*p*p, 2d, d_state], 2.6 MB per level for
-        # SelM-R50 at T=5) already fill the CPU caches, and three levels at once ran slower than
-        # one by one (README, "Speed changes and accuracy"); A2V's T tokens are op-bound.
-        selected_audio = [
-            a * _channel_weights([m.v2a], _pooled_sequence(f, first.pool_size)[None],
-                                 num_frames)[0]
-            for m, f, a in zip(bcsms, feats, audio)]
-    if first.a2v is None:
-        return [(f, a, None) for f, a in zip(feats, selected_audio)]
-    if first.a2v_selection == "spatial":
-        weights = _spatial_weights([m.a2v for m in bcsms], feats, torch.stack(audio))
-        return [(f * w.unsqueeze(2), a, w) for f, a, w in zip(feats, selected_audio, weights)]
-    weights = _channel_weights([m.a2v for m in bcsms], torch.stack(audio), num_frames)
-    selected = [f * w[..., None, None] for f, w in zip(feats, weights)]
-    return [(f, a, f.abs().mean(dim=2)) for f, a in zip(selected, selected_audio)]
+        num_frames = feats.shape[1]
+        selected_audio = (audio if self.v2a is None else
+                          audio * self.v2a(_pooled_sequence(feats, self.pool_size), num_frames))
+        if self.a2v is None:
+            return feats, selected_audio, None
+        if self.a2v_selection == "spatial":
+            weight = self.a2v(feats, audio)
+            return feats * weight.unsqueeze(2), selected_audio, weight
+        selected = feats * self.a2v(audio, num_frames)[..., None, None]
+        return selected, selected_audio, selected.abs().mean(dim=2)

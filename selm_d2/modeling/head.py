@@ -31,7 +31,7 @@ from torch import nn
 from detectron2.config import configurable
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 
-from .bcsm import BCSM, BCSMLevels
+from .bcsm import BCSM
 from .clever import build_selm_decoder
 
 __all__ = ["SelMHead", "paired_audio_channels"]
@@ -81,7 +81,7 @@ class SelMHead(nn.Module):
                 (its layer levels, plus its mask level when it fuses one).
             audio_proj: nn.ModuleDict {level: _AudioProjection} for the levels BCSM selects;
                 empty when nothing reads audio tokens.
-            bcsm: ``BCSMLevels`` {level: BCSM} for CLEVER's layer levels (``used_levels``).
+            bcsm: nn.ModuleDict {level: BCSM} for CLEVER's layer levels (``used_levels``).
             clever: the decoder (``SELM_DECODER_REGISTRY``), ``forward(feats, audio, valid)``.
         """
         super().__init__()
@@ -95,7 +95,7 @@ class SelMHead(nn.Module):
         """input_shape: {level: ShapeSpec} of the visual encoder's stages."""
         clever = build_selm_decoder(cfg, input_shape)
         levels = clever.used_levels
-        bcsm = BCSMLevels({name: BCSM(cfg) for name in levels})
+        bcsm = nn.ModuleDict({name: BCSM(cfg) for name in levels})
         reads_audio = clever.reads_audio or any(b.reads_audio for b in bcsm.values())
         dim = cfg.MODEL.SELM.HIDDEN_DIM
         audio_channels = paired_audio_channels(cfg, input_shape)
@@ -147,13 +147,12 @@ class SelMHead(nn.Module):
         frame_mask = frame_valid.flatten().float()[:, None, None, None]
         feats = {level: proj(features[level]) * frame_mask
                  for level, proj in self.visual_proj.items()}
-        audio_in = ({level: self.audio_proj[level](audio_tokens[level], embedding)
-                     * frame_valid[..., None].float() for level in self.bcsm}
-                    if self.reads_audio else None)
-        selected = self.bcsm({level: feats[level].view(b, t, *feats[level].shape[1:])
-                              for level in self.bcsm}, audio_in)
         audio, selection = {}, {}
-        for level, (f_sel, audio[level], weight) in selected.items():
+        for level, bcsm in self.bcsm.items():
+            a = (self.audio_proj[level](audio_tokens[level], embedding)
+                 * frame_valid[..., None].float() if self.reads_audio else None)
+            f = feats[level]
+            f_sel, audio[level], weight = bcsm(f.view(b, t, *f.shape[1:]), a)
             feats[level] = f_sel.flatten(0, 1)
             if weight is not None:
                 selection[level] = weight

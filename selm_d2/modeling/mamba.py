@@ -20,10 +20,7 @@ from torch.autograd.function import once_differentiable
 
 from detectron2.utils.logger import log_first_n
 
-from .grouped import grouped_linear, stacked
-
-__all__ = ["Mamba", "MambaBlock", "mamba_lockstep", "mamba_blocks_lockstep", "selective_scan",
-           "selective_scan_ref"]
+__all__ = ["Mamba", "MambaBlock", "selective_scan", "selective_scan_ref"]
 
 # Most scan steps per chunk in ``selective_scan``, which takes about 2 * chunk_size +
 # L / chunk_size Python-level steps: the best value is near sqrt(L / 2). Measured on CPU
@@ -97,7 +94,22 @@ class Mamba(nn.Module):
 
     def forward(self, hidden_states):
         """hidden_states [B, L, d_model] -> [B, L, d_model]; causal along L."""
-        return mamba_lockstep([self], hidden_states[None])[0]
+        kernels = self._cuda_kernels(hidden_states)
+        x, z = self.in_proj(hidden_states).transpose(1, 2).chunk(2, dim=1)  # [B, d_inner, L]
+        if kernels is not None and kernels.causal_conv1d_fn is not None:
+            x = kernels.causal_conv1d_fn(x=x.contiguous(), weight=self.conv1d.weight.squeeze(1),
+                                         bias=self.conv1d.bias, activation="silu")
+        else:
+            x = F.silu(_causal_depthwise_conv(x, self.conv1d.weight, self.conv1d.bias))
+        dt, B, C = torch.split(self.x_proj(x.transpose(1, 2)),
+                               [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        # dt_proj's bias is added inside the scan (delta_bias), as in mamba-ssm.
+        dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # [B, d_inner, L]
+        scan = selective_scan if kernels is None else kernels.selective_scan_fn
+        y = scan(x, dt, -torch.exp(self.A_log.float()), B.transpose(1, 2).contiguous(),
+                 C.transpose(1, 2).contiguous(), self.D.float(), z=z,
+                 delta_bias=self.dt_proj.bias.float(), delta_softplus=True)
+        return self.out_proj(y.transpose(1, 2))
 
     def _cuda_kernels(self, hidden_states):
         """mamba-ssm's kernels when this call should use them, else None (PyTorch scan)."""
@@ -127,60 +139,10 @@ class Mamba(nn.Module):
         return kernels
 
 
-def mamba_lockstep(mixers, hidden_states):
-    """G ``Mamba`` layers of equal shapes, layer g on hidden_states[g], computed together.
-
-    mixers: G ``Mamba`` modules (same d_model, d_state, d_conv, expand, impl), each with its
-    own weights; hidden_states [G, B, L, d_model] -> [G, B, L, d_model], causal along L.
-    ``Mamba.forward`` is the case G = 1. On the PyTorch path the G layers' projections are
-    batched matmuls and their scans one scan over G * B sequences (one A per sequence), so G
-    layers cost about the ops of one (BCSM: one group per CLEVER level). mamba-ssm's kernels
-    take one layer at a time, so with them the G scans run one after the other.
-    """
-    kernels = mixers[0]._cuda_kernels(hidden_states)
-    param = functools.partial(stacked, mixers)
-    groups, batch, length, _ = hidden_states.shape
-    x, z = grouped_linear([m.in_proj for m in mixers], hidden_states).transpose(-1, -2).chunk(
-        2, dim=-2)  # [G, B, d_inner, L]
-    conv_weight, conv_bias = param("conv1d.weight"), param("conv1d.bias")  # [G, D, 1, d_conv]
-    if kernels is not None and kernels.causal_conv1d_fn is not None:
-        x = torch.stack([kernels.causal_conv1d_fn(
-            x=x[g].contiguous(), weight=conv_weight[g].squeeze(1),
-            bias=None if conv_bias is None else conv_bias[g], activation="silu")
-            for g in range(groups)])
-    else:
-        x = F.silu(_causal_depthwise_conv(x, conv_weight[:, None],
-                                          None if conv_bias is None else conv_bias[:, None]))
-    first = mixers[0]
-    dt, B, C = torch.split(grouped_linear([m.x_proj for m in mixers], x.transpose(-1, -2)),
-                           [first.dt_rank, first.d_state, first.d_state], dim=-1)
-    # dt_proj's bias is added inside the scan (delta_bias), as in mamba-ssm.
-    dt = grouped_linear([m.dt_proj for m in mixers], dt, with_bias=False).transpose(-1, -2)
-    A = -torch.exp(param("A_log").float())  # [G, d_inner, d_state]
-    D, delta_bias = param("D").float(), param("dt_proj.bias").float()  # [G, d_inner]
-    B, C = B.transpose(-1, -2).contiguous(), C.transpose(-1, -2).contiguous()  # [G, B, N, L]
-    if kernels is None:
-        # One parameter set per sequence (layer-major, as flatten(0, 1) orders them); one layer
-        # passes its own, shared by the batch.
-        def per_sequence(t):
-            return t[0] if groups == 1 else t.repeat_interleave(batch, dim=0)
-
-        y = selective_scan(x.flatten(0, 1), dt.flatten(0, 1), per_sequence(A), B.flatten(0, 1),
-                           C.flatten(0, 1), per_sequence(D), z=z.flatten(0, 1),
-                           delta_bias=per_sequence(delta_bias), delta_softplus=True)
-        y = y.view(groups, batch, *y.shape[1:])
-    else:
-        y = torch.stack([kernels.selective_scan_fn(
-            x[g], dt[g], A[g], B[g], C[g], D[g], z=z[g], delta_bias=delta_bias[g],
-            delta_softplus=True) for g in range(groups)])
-    return grouped_linear([m.out_proj for m in mixers], y.transpose(-1, -2))
-
-
 def _causal_depthwise_conv(x, weight, bias):
-    """Causal depthwise Conv1d, out_t = bias + sum_k weight[..., 0, k] * x_{t - d_conv + 1 + k}.
+    """Causal depthwise Conv1d, out_t = bias + sum_k weight[:, 0, k] * x_{t - d_conv + 1 + k}.
 
-    x [..., D, L], weight [..., D, 1, d_conv] (``nn.Conv1d`` with groups=D; leading dims
-    broadcast against x's, e.g. one weight per group of sequences), bias [..., D] or None.
+    x [B, D, L], weight [D, 1, d_conv] (``nn.Conv1d`` with groups=D), bias [D] or None.
     As d_conv shifted multiply-adds: for BCSM's sequences of tens of steps this is several
     times faster on CPU than ``F.conv1d`` with groups=D, and it only computes the L causal
     outputs.
@@ -188,10 +150,10 @@ def _causal_depthwise_conv(x, weight, bias):
     d_conv = weight.shape[-1]
     padded = F.pad(x, (d_conv - 1, 0))
     length = x.shape[-1]
-    out = (x * weight[..., 0, -1:] if bias is None
-           else torch.addcmul(bias[..., None], x, weight[..., 0, -1:]))
+    out = x * weight[:, 0, -1:] if bias is None else torch.addcmul(bias[:, None], x,
+                                                                    weight[:, 0, -1:])
     for k in range(d_conv - 1):
-        out = out.addcmul(padded[..., k:k + length], weight[..., 0, k:k + 1])
+        out = out.addcmul(padded[..., k:k + length], weight[:, 0, k:k + 1])
     return out
 
 
@@ -209,19 +171,7 @@ class MambaBlock(nn.Module):
         self.mixer = Mamba(d_model, **mamba_kwargs)
 
     def forward(self, x):
-        return mamba_blocks_lockstep([self], x[None])[0]
-
-
-def mamba_blocks_lockstep(blocks, x):
-    """G ``MambaBlock``s of equal shapes, block g on x[g]: [G, B, L, d] -> [G, B, L, d]."""
-    norm = blocks[0].norm
-    if len(blocks) == 1:
-        normed = norm(x)
-    else:  # the LayerNorms' affine parts differ per block: normalise once, scale per block
-        normed = torch.addcmul(stacked(blocks, "norm.bias")[:, None, None],
-                               F.layer_norm(x, norm.normalized_shape, eps=norm.eps),
-                               stacked(blocks, "norm.weight")[:, None, None])
-    return x + mamba_lockstep([b.mixer for b in blocks], normed)
+        return x + self.mixer(self.norm(x))
 
 
 _CudaKernels = collections.namedtuple("_CudaKernels",
@@ -257,18 +207,16 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
 
     Args:
         u, delta: [B, D_in, L].
-        A: [D_in, N] (negative real part of the diagonal state matrix), or [B, D_in, N]: one
-            per sequence (``mamba_lockstep`` scans several layers' sequences at once).
+        A: [D_in, N] (negative real part of the diagonal state matrix).
         B, C: [B, N, L] (input-dependent).
-        D: [D_in], [B, D_in] or None. z: [B, D_in, L] or None.
-        delta_bias: [D_in], [B, D_in] or None.
+        D: [D_in] or None. z: [B, D_in, L] or None. delta_bias: [D_in] or None.
     Returns:
         [B, D_in, L] in the dtype of ``u`` (computed in float32).
     """
     dtype_in = u.dtype
     u, delta = _discretisation_inputs(u, delta, delta_bias, delta_softplus)
     A, B, C = A.float(), B.float(), C.float()
-    state = u.new_zeros(u.shape[0], u.shape[1], A.shape[-1])  # [B, D_in, N]
+    state = u.new_zeros(u.shape[0], u.shape[1], A.shape[1])  # [B, D_in, N]
     ys = []
     # unbind (not indexing) so that the backward gathers the per-step gradients in one stack
     # instead of adding L full-size zero-padded tensors.
@@ -302,10 +250,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     def time_major(x):
         return F.pad(x.float(), pad).transpose(1, 2).contiguous()
 
-    A = A.float()
-    if A.dim() == 3:  # one A per sequence: [Bt, 1, D, N] broadcasts over the time axis
-        A = A[:, None]
-    y = _ChunkedSelectiveScan.apply(time_major(u), time_major(delta), A.contiguous(),
+    y = _ChunkedSelectiveScan.apply(time_major(u), time_major(delta), A.float().contiguous(),
                                     time_major(B), time_major(C), size)
     y = y[:, :length].transpose(1, 2)
     return _skip_and_gate(y, u, D, z).to(dtype_in)
@@ -314,7 +259,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
 def _discretisation_inputs(u, delta, delta_bias, delta_softplus):
     u, delta = u.float(), delta.float()
     if delta_bias is not None:
-        delta = delta + delta_bias.float()[..., None]
+        delta = delta + delta_bias.float()[:, None]
     if delta_softplus:
         delta = F.softplus(delta)
     return u, delta
@@ -322,7 +267,7 @@ def _discretisation_inputs(u, delta, delta_bias, delta_softplus):
 
 def _skip_and_gate(y, u, D, z):
     if D is not None:
-        y = y + u * D.float()[..., None]
+        y = y + u * D.float()[:, None]
     if z is not None:
         y = y * F.silu(z.float())
     return y
@@ -331,8 +276,8 @@ def _skip_and_gate(y, u, D, z):
 class _ChunkedSelectiveScan(torch.autograd.Function):
     """y_t = C_t . h_t with h_t = exp(delta_t A) * h_{t-1} + delta_t u_t B_t, h_{-1} = 0.
 
-    Inputs are time-major, L a multiple of ``size``: u, delta [Bt, L, D]; A [D, N] or
-    [Bt, 1, D, N] (one per sequence); B, C [Bt, L, N]; returns y [Bt, L, D].
+    Inputs are time-major, L a multiple of ``size``: u, delta [Bt, L, D]; A [D, N];
+    B, C [Bt, L, N]; returns y [Bt, L, D].
 
     The sequence is cut into K = L / size chunks and scanned in three phases with about
     2 * size + K Python-level steps instead of L: (1) the state each chunk reaches from a zero
@@ -414,7 +359,7 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
             exponent_dot_a4[:, :, t] = exponent.mul_(A).sum(-1)
         grad_u = g_dot_b * delta
         grad_delta = g_dot_b * u + exponent_dot_a
-        grad_A = exponent_delta.sum_to_size(A.shape)
+        grad_A = exponent_delta.sum(dim=(0, 1))
         grad_C = _dot_channels(states, grad_y)
         return grad_u, grad_delta, grad_A, grad_B, grad_C, None
 

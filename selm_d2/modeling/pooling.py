@@ -14,10 +14,10 @@ class MaxPool2d(nn.MaxPool2d):
     threads on a 2-core CPU (torch 2.14.1): ResNet's stem pool on 5 frames of 224²
     (``[5, 64, 112, 112]``) 20.6 ms against 4.3 ms with both layout copies, VGGish's first
     pool (``[5, 64, 96, 64]``) 7.9 against 2.4 ms. A maximum is exact, so the output is the
-    same to the bit. Training keeps the
-    NCHW kernel: its backward was not faster, and where a window holds equal values (ReLU
-    zeros) another kernel may pass the gradient to another of them, which would change
-    trained weights. ``[N, C, H, W]`` -> ``[N, C, H', W']``, contiguous.
+    same to the bit. Training keeps the NCHW kernel: its backward was not faster, and where a
+    window holds equal values (ReLU zeros) another kernel may pass the gradient to another of
+    them, which would change trained weights. ``[N, C, H, W]`` -> ``[N, C, H', W']``,
+    contiguous.
     """
 
     def forward(self, x):

@@ -8,6 +8,7 @@ Where SelM has a paper-literal choice and a variant of ours, the default is the 
 (configs/Base-SelM.yaml); configs/Base-SelM-plus.yaml sets ours. The comments say which is which.
 """
 from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
 
 
 def add_selm_config(cfg):
@@ -154,8 +155,6 @@ def load_config(config_file, opts=()):
     """detectron2's defaults + SelM's keys + ``config_file`` + ``opts`` (KEY VALUE ...), not
     frozen. An unknown or renamed key raises a KeyError that names it, where it came from and
     where the keys are listed (yacs alone raises an AssertionError for the command line's)."""
-    from detectron2.config import get_cfg
-
     cfg = get_cfg()
     add_selm_config(cfg)
     try:

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 
+from selm_d2 import load_config
 from selm_d2.utils import write_text_atomic
 from train_jobs import job_env, run_jobs
 
@@ -92,7 +93,6 @@ def render(out_root, num_clips, opts=()):
     from predictor import (AVSPredictor, draw_heatmap, draw_prediction, finest_level, metadata_for,
                            write_image_atomic)
 
-    from selm_d2 import load_config
     from selm_d2.data.masks import read_clip_masks
 
     cfg = load_config(os.path.join(REPO, CONFIG), list(opts) + [
@@ -163,8 +163,11 @@ def main(argv=None):
     env.setdefault("DETECTRON2_DATASETS", os.path.join(REPO, "datasets"))
     out_root = os.path.join(REPO, args.output_dir)
 
+    # Frames and masks at the size the model trains and is scored at (synthetic.DEFAULT_SIZE).
+    size = load_config(os.path.join(REPO, CONFIG), args.opts).INPUT.AVS.SIZE
     run([sys.executable, "-m", "selm_d2.data.synthetic", "--out",
-         os.path.join(env["DETECTRON2_DATASETS"], "avs_synth"), "--layouts", "ms3"], env)
+         os.path.join(env["DETECTRON2_DATASETS"], "avs_synth"), "--layouts", "ms3",
+         "--size", str(size)], env)
     results = {}
     for seed in args.seeds:
         root = out_root if seed == args.seeds[0] else os.path.join(out_root, "seed{}".format(seed))

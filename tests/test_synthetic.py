@@ -557,3 +557,42 @@ def test_command_line(tmp_path, capsys):
     assert info["clips_per_split"] == {"train": 1, "val": 0, "test": 2}
     with pytest.raises(SystemExit):
         S.main(["--out", out, "--layouts", "nope"])
+
+
+def test_default_size_is_what_the_synth_recipe_trains_and_scores_at(tmp_path):
+    """At the default size the model's training targets are the scored masks, pixel for pixel.
+
+    A 2x nearest-neighbour resize of the masks (128 -> 64, as the recipe trained before
+    2026-12-01) takes source pixel 2i+1 for target pixel i: every edge of the training target
+    moves by half a source pixel against the masks the evaluator scores.
+    """
+    from detectron2.data import transforms as T
+
+    from selm_d2 import load_config
+    from selm_d2.data import AVSClipDatasetMapper
+    from selm_d2.data.masks import read_clip_masks
+    from selm_d2.data.datasets.register import build_layout, load_avs_clips
+
+    cfg = load_config(os.path.join(os.path.dirname(__file__), "..", "configs", "synth",
+                                   "ms3.yaml"), [])
+    assert S.DEFAULT_SIZE == cfg.INPUT.AVS.SIZE
+    out = str(tmp_path / "data")
+    S.generate(out, layouts=["ms3"], clips_per_split={"train": 3, "val": 0, "test": 0},
+               progress=False)
+    clips = load_avs_clips(build_layout(os.path.join(out, "Multi-sources"), "avsbench_ms3",
+                                        split="train"))
+    mapper = AVSClipDatasetMapper(cfg, is_train=True)
+    sounding = 0
+    for clip in clips:
+        mapped = mapper(clip)
+        masks = read_clip_masks(clip)
+        assert masks.shape[1:] == (S.DEFAULT_SIZE, S.DEFAULT_SIZE)
+        sounding += int((masks == 1).sum())
+        np.testing.assert_array_equal(mapped["sem_seg"].numpy(), masks)
+        frame = np.asarray(Image.open(clip["file_names"][0]).convert("RGB"))
+        np.testing.assert_array_equal(mapped["image"][0].permute(1, 2, 0).numpy(), frame)
+    assert sounding > 0
+    # Why the size matters: the resize a larger tree would go through is shifted.
+    ramp = np.tile(np.arange(2 * S.DEFAULT_SIZE, dtype=np.uint8), (4, 1))
+    halved = T.ResizeTransform(4, 2 * S.DEFAULT_SIZE, 2, S.DEFAULT_SIZE).apply_segmentation(ramp)
+    assert halved[0, :3].tolist() == [1, 3, 5]

@@ -90,6 +90,16 @@ def test_ablate_trains_one_row_writes_the_tables_and_skips_finished_runs(tmp_pat
         ablate.main(argv + ["SOLVER.BASE_LR", "0.01"])
     with pytest.raises(SystemExit, match="SOLVER.BASE_LRR"):
         ablate.main(argv + ["SOLVER.BASE_LRR", "0.01"])
+    # So is a run on AVS-Synth of another frame size (the data is part of the recipe).
+    result = tmp_path / "ablate" / "runs" / "full" / "seed0" / ablate.RESULT_FILE
+    assert saved["rows"]["full"]["runs"][0]["recipe"]["synth_size"] is None  # --dataset
+    stamped = json.loads(result.read_text())
+    stamped["recipe"]["synth_size"] = 128
+    result.write_text(json.dumps(stamped))
+    with pytest.raises(SystemExit, match="another recipe.*synth_size"):
+        ablate.main(argv)
+    stamped["recipe"]["synth_size"] = None
+    result.write_text(json.dumps(stamped))
     # So is one whose config file has changed since, under the same name and options.
     config.write_text(config.read_text() + "SOLVER:\n  BASE_LR: 0.01\n")
     with pytest.raises(SystemExit, match="another recipe.*config_digest"):

@@ -10,7 +10,8 @@ number of seeds, as the paper reports them.
 
 A run whose ``result.json`` exists is skipped, and an interrupted run resumes from its last
 checkpoint, so re-running the command continues where it stopped. The tables hold every
-finished run of the same recipe (config, --max-iter, --dataset, options) in the output folder.
+finished run of the same recipe (config, --max-iter, --dataset, options, AVS-Synth's
+frame size) in the output folder.
 
     python tools/ablate.py                                  # every row, seeds 0 1 2
     python tools/ablate.py --only full bcsm_off --seeds 0 --max-iter 100
@@ -117,18 +118,24 @@ def _schedule(args):
     return ["SOLVER.MAX_ITER", str(args.max_iter)] if args.max_iter else []
 
 
-def _config_digest(args):
-    """sha256 of the config every run of this invocation starts from, resolved as train_net.py
-    resolves it (defaults, config file, schedule, options), less what differs between runs or
-    does not change the model (output folder, seed, checkpoint and evaluation periods).
+def _resolved_config(args):
+    """The config every run of this invocation starts from, resolved as train_net.py resolves
+    it (defaults, config file, schedule, options)."""
+    try:
+        return load_config(os.path.join(REPO, args.config_file),
+                           _schedule(args) + list(args.opts))
+    except (KeyError, ValueError) as e:
+        raise SystemExit(str(e.args[0])) from None
+
+
+def _config_digest(cfg):
+    """sha256 of ``cfg`` less what differs between runs or does not change the model (output
+    folder, seed, checkpoint and evaluation periods).
 
     The file name and options alone do not identify a recipe: the file or a default can
     change between two invocations, and the old runs must then not count as the new recipe.
     """
-    try:
-        cfg = load_config(os.path.join(REPO, args.config_file), _schedule(args) + list(args.opts))
-    except (KeyError, ValueError) as e:
-        raise SystemExit(str(e.args[0])) from None
+    cfg = cfg.clone()
     cfg.OUTPUT_DIR, cfg.SEED = "", 0
     cfg.SOLVER.CHECKPOINT_PERIOD, cfg.TEST.EVAL_PERIOD = 0, 0
     return hashlib.sha256(cfg.dump().encode()).hexdigest()
@@ -138,7 +145,7 @@ def _recipe(args):
     """What every run of this invocation shares; runs of another recipe are not mixed in."""
     return {"config_file": args.config_file, "max_iter": args.max_iter,
             "dataset": list(args.dataset), "opts": list(args.opts),
-            "config_digest": args.config_digest}
+            "config_digest": args.config_digest, "synth_size": args.synth_size}
 
 
 def _finished(run_dir, args):
@@ -153,7 +160,8 @@ def _finished(run_dir, args):
         differ = sorted(k for k in set(recipe) | set(done["recipe"])
                         if done["recipe"].get(k) != recipe.get(k))
         raise SystemExit("{} was trained with another recipe ({} differ: {} there, {} now; "
-                         "config_digest covers the config file and the defaults): use another "
+                         "config_digest covers the config file and the defaults, synth_size "
+                         "the AVS-Synth frame size): use another "
                          "--output-dir or delete it".format(
                              run_dir, ", ".join(differ),
                              {k: done["recipe"].get(k) for k in differ},
@@ -250,6 +258,9 @@ def get_parser():
                         help="SOLVER.MAX_ITER of every run (default: the config's)")
     parser.add_argument("--only", nargs="+", choices=list(ROWS), metavar="ROW",
                         help="train only these rows (default: all): " + ", ".join(ROWS))
+    parser.add_argument("--synth-size", type=int, default=0,
+                        help="frame size of the AVS-Synth it generates (default: the config's "
+                             "INPUT.AVS.SIZE; the README's tables of 2026-12-01 used 128)")
     parser.add_argument("--jobs", type=int, default=2,
                         help="runs trained at once, the CPU threads split between them "
                              "(default: %(default)s; 2 was fastest on 2 cores)")
@@ -267,7 +278,10 @@ def main(argv=None):
     args = get_parser().parse_args(argv)
     config_file, (data_dir, layout, categories), study_tables, metrics = STUDIES[args.study]
     args.config_file = args.config_file or config_file
-    args.config_digest = _config_digest(args)
+    cfg = _resolved_config(args)
+    args.config_digest = _config_digest(cfg)
+    # The data is part of the recipe: AVS-Synth at another size is another benchmark.
+    args.synth_size = None if args.dataset else (args.synth_size or cfg.INPUT.AVS.SIZE)
     args.output_dir = os.path.abspath(args.output_dir or (
         "output/ablate" if args.study == "paper" else "output/ablate_" + args.study))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
@@ -276,7 +290,8 @@ def main(argv=None):
     if not args.dataset:
         subprocess.run([sys.executable, "-m", "selm_d2.data.synthetic", "--out",
                         os.path.join(env["DETECTRON2_DATASETS"], data_dir), "--layouts", layout,
-                        "--num-categories", str(categories)], cwd=REPO, env=env, check=True)
+                        "--num-categories", str(categories), "--size", str(args.synth_size)],
+                       cwd=REPO, env=env, check=True)
     study_rows = [key for _, rows in study_tables for key, _ in rows]
     rows = args.only or list(dict.fromkeys(study_rows))
     train_and_evaluate([(row, seed) for row in rows for seed in args.seeds], args, env)

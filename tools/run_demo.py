@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """`make demo`: AVS-Synth end to end on CPU.
 
-1. generate AVS-Synth (MS3 layout) under $DETECTRON2_DATASETS/avs_synth (no-op when present);
+1. generate AVS-Synth (MS3 layout) under $DETECTRON2_DATASETS/avs_synth at the config's
+   INPUT.AVS.SIZE (no-op when present);
 2. train SelM (configs/synth/ms3.yaml) with train_net.py, resuming if interrupted, and
 3. at the same time its visual-only twin (same recipe, every clip hears silence), each with
    half of the CPU threads (tools/train_jobs.py); the twin's log is output/demo/visual_only.log;
@@ -28,6 +29,7 @@ from train_jobs import job_env, run_jobs
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 CONFIG = "configs/synth/ms3.yaml"
 TRAIN_SET, TEST_SET = "avs_synth_ms3_train", "avs_synth_ms3_test"
+DISPLAY_SIZE = 128  # frames of the overlays and the summary picture are enlarged to at least this
 # Rows of the results table: (label, model, metric key, target text).
 ROWS = [
     ("SelM M_J", "selm", "M_J", "≥ 90"),
@@ -112,8 +114,13 @@ def render(out_root, num_clips, opts=()):
         row_pred, row_gt, row_heat = [], [], []
         for k, path in enumerate(clip["file_names"]):
             frame = read_image(path, format="RGB")
-            pred = draw_prediction(frame, labels[k], metadata)
-            truth = draw_prediction(frame, np.where(gt[k] == 255, 0, gt[k]), metadata)
+            # Enlarged (nearest neighbour) so that outlines on 64x64 frames stay legible.
+            scale = max(1, -(-DISPLAY_SIZE // max(frame.shape[:2])))
+            frame, label, truth = (np.kron(a, np.ones((scale, scale) + (1,) * (a.ndim - 2),
+                                                      dtype=a.dtype))
+                                   for a in (frame, labels[k], np.where(gt[k] == 255, 0, gt[k])))
+            pred = draw_prediction(frame, label, metadata)
+            truth = draw_prediction(frame, truth, metadata)
             heat = draw_heatmap(frame, maps[finest][k].float().cpu().numpy()) if finest else frame
             folder = os.path.join(out_root, "overlays", clip["clip_id"])
             write_image_atomic(os.path.join(folder, "frame_{}.png".format(k)), pred)

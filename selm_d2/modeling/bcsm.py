@@ -24,9 +24,11 @@ multiplication:
 
 Choices where the paper is silent:
 
-- V2A pooling: the paper says "average pooling" to sequences; the grid p (``POOL_SIZE``, 4)
-  and the time-major order of the sequence (all positions of frame 1, then frame 2, ...) are
-  ours, and the Mamba outputs are averaged per frame before the Linear + sigmoid.
+- V2A pooling: the paper says "average pooling" to sequences; the grid p (``POOL_SIZE``: 1 in
+  the paper and SelM-plus configs, one token per frame like the audio tokens of the mirrored
+  branch; 2 in the AVS-Synth ones) and the time-major order of the sequence (all positions of
+  frame 1, then frame 2, ...) are ours, and the Mamba outputs are averaged per frame before
+  the Linear + sigmoid.
 - The Mamba scan is causal along time (one direction, as mamba-ssm's). Padding frames
   (AVSS clips padded to 10 frames) are trailing, so they cannot change real frames' weights.
 - Selection is a pure multiplication (no residual), as the paper describes it: everything
@@ -113,7 +115,7 @@ class BCSM(nn.Module):
 
     @configurable
     def __init__(self, *, dim, mode="bidirectional", a2v_selection="channel", num_blocks=3,
-                 pool_size=4, mamba_kwargs=None):
+                 pool_size=1, mamba_kwargs=None):
         """
         NOTE: this interface is experimental.
 

@@ -58,8 +58,9 @@ def add_selm_config(cfg):
     cfg.MODEL.SELM.BCSM.NUM_BLOCKS = 3
     # Visual features are average-pooled to this grid per frame before the V2A Mamba scan
     # (paper: "average pooling", no grid). 1: one token per frame, as the audio tokens of the
-    # mirrored A2V branch; the sequence of 4 x 4 cost SelM-R50 40 ms more per 5-frame clip on
-    # CPU at the same accuracy on AVS-Synth (README, "Speed changes and accuracy").
+    # mirrored A2V branch. 4 x 4 per frame made SelM-R50's BCSM 47.0 instead of 19.6 ms per
+    # 5-frame clip on CPU, at the same accuracy on AVS-Synth (README, "Speed changes and
+    # accuracy").
     cfg.MODEL.SELM.BCSM.POOL_SIZE = 1
     # How A2V-SeM's weights select the visual features: "channel" (paper: mirrors V2A-SeM,
     # per-channel weights from the audio tokens) | "spatial" (ours: a spatial map from a

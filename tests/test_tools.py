@@ -1,13 +1,15 @@
 """tools/gpu_check.py runs its steps end to end (on CPU here, without AMP or mamba-ssm);
 tools/benchmark.py's per-part timing sees every part of the paper model;
 tools/ablate.py trains a row, writes the tables and resumes; tools/run_demo.py trains SelM and
-its visual-only twin side by side."""
+its visual-only twin side by side and draws the summary picture."""
 import json
 import os
 import sys
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from conftest import REPO_ROOT
 
@@ -125,7 +127,7 @@ def test_ablate_summary_and_rows():
     assert in_tables == set(ablate.ROWS)
 
 
-def test_run_demo_trains_selm_and_its_twin_side_by_side(tmp_path):
+def test_run_demo_trains_selm_and_its_twin_side_by_side(tmp_path, monkeypatch):
     from selm_d2.data.synthetic import generate
 
     generate(str(tmp_path / "data" / "avs_synth"), layouts=("ms3",),
@@ -148,6 +150,12 @@ def test_run_demo_trains_selm_and_its_twin_side_by_side(tmp_path):
         assert "SOURCE: silence" in f.read()
     md = run_demo.table({0: results}, [0], 1.0)
     assert "| SelM M_J | {:.1f} | ≥ 90 |".format(selm["M_J"]) in md
+    # The summary picture: per clip, rows ground truth / prediction / BCSM map over its 5
+    # frames, each 32 x 32 frame enlarged to DISPLAY_SIZE so that outlines stay legible.
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "data"))
+    summary = np.asarray(Image.open(run_demo.render(str(root), 1, opts)))
+    assert summary.shape == (3 * run_demo.DISPLAY_SIZE, 5 * run_demo.DISPLAY_SIZE, 3)
+    assert len(list((root / "overlays").glob("*/heatmap_*.png"))) == 5
 
 
 def test_train_jobs_split_the_threads_and_report_a_failing_job(tmp_path):

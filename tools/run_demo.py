@@ -116,11 +116,11 @@ def render(out_root, num_clips, opts=()):
             frame = read_image(path, format="RGB")
             # Enlarged (nearest neighbour) so that outlines on 64x64 frames stay legible.
             scale = max(1, -(-DISPLAY_SIZE // max(frame.shape[:2])))
-            frame, label, truth = (np.kron(a, np.ones((scale, scale) + (1,) * (a.ndim - 2),
-                                                      dtype=a.dtype))
-                                   for a in (frame, labels[k], np.where(gt[k] == 255, 0, gt[k])))
+            frame, label, gt_label = (np.kron(a, np.ones((scale, scale) + (1,) * (a.ndim - 2),
+                                                         dtype=a.dtype))
+                                      for a in (frame, labels[k], np.where(gt[k] == 255, 0, gt[k])))
             pred = draw_prediction(frame, label, metadata)
-            truth = draw_prediction(frame, truth, metadata)
+            truth = draw_prediction(frame, gt_label, metadata)
             heat = draw_heatmap(frame, maps[finest][k].float().cpu().numpy()) if finest else frame
             folder = os.path.join(out_root, "overlays", clip["clip_id"])
             write_image_atomic(os.path.join(folder, "frame_{}.png".format(k)), pred)

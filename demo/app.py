@@ -17,7 +17,6 @@ AVSS).
 import argparse
 import atexit
 import logging
-import math
 import os
 import shutil
 import sys
@@ -38,6 +37,7 @@ from predictor import (  # noqa: E402
     AVSPredictor,
     clip_dict,
     draw_clip,
+    enlarge,
     extract_video_frames,
     finest_level,
     fit_clip_length,
@@ -67,14 +67,6 @@ class Clip:
     frames: List[str]  # one frame per second, the clip's own seconds only
     model_frames: List[str]  # the frames given to the model (see predictor.fit_clip_length)
     sound: str  # the clip's sound as a wav file, at most the config's clip length
-
-
-def _enlarge(image, min_side):
-    """Scale up by a whole factor, with nearest neighbours, until the short side is >= min_side."""
-    factor = math.ceil(min_side / min(image.shape[:2]))
-    if factor <= 1:
-        return image
-    return cv2.resize(image, None, fx=factor, fy=factor, interpolation=cv2.INTER_NEAREST)
 
 
 def _tile(image, height):
@@ -205,7 +197,7 @@ class SelMApp:
             inputs["audio_override"] = "silence"
         output = self.predictor(inputs)
         drawn = draw_clip(clip.frames, output, self.metadata)
-        overlays = [_enlarge(f["overlay"], VIDEO_MIN_SIDE_PX) for f in drawn]
+        overlays = [enlarge(f["overlay"], VIDEO_MIN_SIDE_PX) for f in drawn]
         return {"video": encode_video(overlays, video_path, audio=sound),
                 "strip": draw_strip(drawn, finest_level(output["selection_maps"])),
                 "summary": summarize(drawn, self.metadata)}

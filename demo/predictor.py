@@ -6,6 +6,7 @@ drawing.
 """
 import glob
 import logging
+import math
 import os
 
 import cv2
@@ -225,6 +226,16 @@ def draw_clip(frame_paths, output, metadata):
             "heatmaps": {level: draw_heatmap(frame, m[k].float().cpu().numpy()) for level, m in maps.items()},
         })
     return drawn
+
+
+def enlarge(image, min_side):
+    """Scale [H, W, ...] up by a whole factor, each pixel repeated (nearest neighbour), until
+    the short side is >= min_side. Any dtype: label maps too, so outlines can be drawn on the
+    enlarged frame instead of enlarging a drawing of a small one."""
+    factor = math.ceil(min_side / min(image.shape[:2]))
+    if factor <= 1:
+        return image
+    return image.repeat(factor, axis=0).repeat(factor, axis=1)
 
 
 def write_image_atomic(path, image):

@@ -29,7 +29,7 @@ from train_jobs import job_env, run_jobs
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 CONFIG = "configs/synth/ms3.yaml"
 TRAIN_SET, TEST_SET = "avs_synth_ms3_train", "avs_synth_ms3_test"
-DISPLAY_SIZE = 128  # frames of the overlays and the summary picture are enlarged to at least this
+DISPLAY_SIZE = 128  # short side the overlays and the summary picture enlarge frames to
 # Rows of the results table: (label, model, metric key, target text).
 ROWS = [
     ("SelM M_J", "selm", "M_J", "≥ 90"),
@@ -92,8 +92,8 @@ def render(out_root, num_clips, opts=()):
     sys.path.insert(0, os.path.join(REPO, "demo"))
     from detectron2.data import DatasetCatalog
     from detectron2.data.detection_utils import read_image
-    from predictor import (AVSPredictor, draw_heatmap, draw_prediction, finest_level, metadata_for,
-                           write_image_atomic)
+    from predictor import (AVSPredictor, draw_heatmap, draw_prediction, enlarge, finest_level,
+                           metadata_for, write_image_atomic)
 
     from selm_d2.data.masks import read_clip_masks
 
@@ -114,11 +114,9 @@ def render(out_root, num_clips, opts=()):
         row_pred, row_gt, row_heat = [], [], []
         for k, path in enumerate(clip["file_names"]):
             frame = read_image(path, format="RGB")
-            # Enlarged (nearest neighbour) so that outlines on 64x64 frames stay legible.
-            scale = max(1, -(-DISPLAY_SIZE // max(frame.shape[:2])))
-            frame, label, gt_label = (np.kron(a, np.ones((scale, scale) + (1,) * (a.ndim - 2),
-                                                         dtype=a.dtype))
-                                      for a in (frame, labels[k], np.where(gt[k] == 255, 0, gt[k])))
+            # Enlarged before drawing so that outlines on 64x64 frames stay legible.
+            frame, label, gt_label = (enlarge(a, DISPLAY_SIZE) for a in (
+                frame, labels[k], np.where(gt[k] == 255, 0, gt[k])))
             pred = draw_prediction(frame, label, metadata)
             truth = draw_prediction(frame, gt_label, metadata)
             heat = draw_heatmap(frame, maps[finest][k].float().cpu().numpy()) if finest else frame

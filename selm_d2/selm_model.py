@@ -317,7 +317,8 @@ class SelM(nn.Module):
             targets, flags = self._targets(batched_inputs, images.shape[-2:], valid)
         num_frames = valid.shape[1]
         visual, tokens, embedding = self._encode(images, audio, num_frames)
-        outputs, selection = self.sem_seg_head(visual, tokens, embedding, valid)
+        outputs, selection = self.sem_seg_head(visual, tokens, embedding, valid,
+                                               selection_maps=self.return_selection_maps)
         if self.training:
             return self.criterion(outputs, targets, flags)
         return self._postprocess(outputs["pred_masks"], selection, batched_inputs, valid,

@@ -109,3 +109,36 @@ def test_from_config_and_bad_mode():
     cfg.MODEL.SELM.BCSM.MODE = "both"
     with pytest.raises(ValueError, match="MODEL.SELM.BCSM.MODE"):
         BCSM(cfg)
+
+
+@pytest.mark.parametrize("selection", A2V_SELECTIONS)
+@pytest.mark.parametrize("mode", BCSM_MODES)
+def test_select_from_grouped_stacks_matches_forward(mode, selection):
+    """What SelMHead does at inference: the stacks of several levels' BCSMs run as one group
+    (``run_mamba_stacks``), then each level selects from its outputs. Same result as
+    ``forward``; without the map "channel" returns None."""
+    from selm_d2.modeling.mamba import run_mamba_stacks
+
+    levels = [_bcsm(mode, a2v_selection=selection, pool_size=1) for _ in range(3)]
+    for i, bcsm in enumerate(levels):  # distinct weights per level
+        torch.manual_seed(10 + i)
+        for param in bcsm.parameters():
+            torch.nn.init.normal_(param, std=0.3)
+    inputs = [_inputs(hw=(2, 3)) for _ in levels]
+    with torch.no_grad():
+        expected = [bcsm(*x) for bcsm, x in zip(levels, inputs)]
+        pairs = [bcsm.sequences(*x) for bcsm, x in zip(levels, inputs)]
+        assert len(pairs[0]) == {"off": 0, "a2v": 1, "v2a": 1, "bidirectional": 2}[mode]
+        flat = [pair for level in pairs for pair in level]
+        outputs = iter(run_mamba_stacks([s for s, _ in flat], [x for _, x in flat]))
+        for bcsm, x, level, ref in zip(levels, inputs, pairs, expected):
+            scanned = [next(outputs) for _ in level]
+            got = bcsm.select(*x, scanned.__getitem__)
+            for a, b in zip(got, ref):
+                assert (a is None) == (b is None)
+                if a is not None:
+                    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+            unmapped = bcsm.select(*x, scanned.__getitem__, selection_map=False)
+            if mode in ("a2v", "bidirectional") and selection == "channel":
+                assert unmapped[2] is None
+            torch.testing.assert_close(unmapped[0], ref[0], rtol=1e-5, atol=1e-5)

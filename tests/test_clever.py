@@ -205,14 +205,16 @@ def test_few_query_attention_matches_multihead_attention(num_queries, padding):
     torch.manual_seed(0)
     attn = torch.nn.MultiheadAttention(32, 4, batch_first=True).eval()
     torch.nn.init.normal_(attn.in_proj_bias)  # biases take part (the key bias cancels)
-    query, key, value = torch.randn(2, num_queries, 32), torch.randn(2, 9, 32), torch.randn(2, 9, 32)
+    query, memory = torch.randn(2, num_queries, 32), torch.randn(2, 9, 32)
     mask = None
     if padding:
         mask = torch.zeros(2, 9, dtype=torch.bool)
         mask[0, 6:] = True
-    expected = attn(query, key, value, key_padding_mask=mask, need_weights=False)[0]
-    torch.testing.assert_close(_few_query_attention(attn, query, key, value, mask), expected,
-                               rtol=1e-4, atol=1e-5)
+    for memory_pos in (torch.randn(1, 9, 32), torch.randn(2, 9, 32)):  # shared, per clip
+        expected = attn(query, memory + memory_pos, memory, key_padding_mask=mask,
+                        need_weights=False)[0]
+        torch.testing.assert_close(_few_query_attention(attn, query, memory, memory_pos, mask),
+                                   expected, rtol=1e-4, atol=1e-5)
 
 
 def test_decoder_inference_matches_training_mode_attention():

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from selm_d2.modeling import mamba as mamba_module
-from selm_d2.modeling.mamba import Mamba, MambaBlock, selective_scan, selective_scan_ref
+from selm_d2.modeling.mamba import (Mamba, MambaBlock, run_mamba_stacks, selective_scan,
+                                     selective_scan_ref)
 
 
 def _scan_inputs(batch, dim, dstate, length, seed=0):
@@ -61,6 +62,24 @@ def test_scan_matches_reference(length, optional, delta_softplus):
         inputs["delta"] = inputs["delta"].abs() * 0.5
         inputs["delta_bias"] = inputs["delta_bias"].abs() * 0.1
     _check_parity(inputs, optional, delta_softplus)
+
+
+@pytest.mark.parametrize("chunk_size", [4, 16])
+def test_scan_takes_parameters_per_sequence(chunk_size):
+    """A, D and delta_bias given per sequence ([B, D_in, N], [B, D_in]), as
+    ``run_mamba_stacks`` passes them: output and gradients against the reference, and each
+    sequence against a scan of that sequence alone with its own (shared) parameters."""
+    inputs = _scan_inputs(batch=3, dim=4, dstate=3, length=21, seed=5)
+    g = torch.Generator().manual_seed(6)
+    inputs["A"] = -torch.exp(torch.randn(3, 4, 3, generator=g))
+    inputs["D"], inputs["delta_bias"] = torch.randn(3, 4, generator=g), torch.randn(3, 4, generator=g)
+    _check_parity(inputs, ("D", "z", "delta_bias"), True, chunk_size=chunk_size)
+    together = selective_scan(**inputs, delta_softplus=True, chunk_size=chunk_size)
+    for i in range(3):
+        alone = selective_scan(**{k: v[i:i + 1] if k not in ("A", "D", "delta_bias") else v[i]
+                                  for k, v in inputs.items()},
+                               delta_softplus=True, chunk_size=chunk_size)
+        _assert_close(together[i:i + 1], alone, "sequence {}".format(i))
 
 
 @pytest.mark.parametrize("chunk_size", [1, 5, 16, 1000])
@@ -268,3 +287,53 @@ def test_mamba_block_is_a_pre_norm_residual():
     assert hidden.grad is not None and torch.isfinite(hidden.grad).all()
     for name, param in block.named_parameters():
         assert param.grad is not None and param.grad.abs().sum() > 0, name
+
+
+def _stacks(num, depth, dim=16, seed=7):
+    torch.manual_seed(seed)
+    stacks = [torch.nn.Sequential(*[MambaBlock(dim, d_state=4, impl="torch")
+                                    for _ in range(depth)]) for _ in range(num)]
+    for stack in stacks:  # non-trivial norms and output projections (zero-free, distinct)
+        for param in stack.parameters():
+            with torch.no_grad():
+                param.add_(0.1 * torch.randn_like(param))
+    return stacks
+
+
+def test_run_mamba_stacks_groups_equal_stacks_and_matches_each_alone():
+    """Three stacks on equal shapes form one group, one on a longer input runs alone; outputs
+    and every parameter's gradient equal those of running each stack on its own."""
+    stacks = _stacks(4, depth=2)
+    inputs = [torch.randn(2, 5, 16) for _ in range(3)] + [torch.randn(2, 9, 16)]
+    expected = [stack(x) for stack, x in zip(stacks, inputs)]
+    sum((o * torch.cos(o)).sum() for o in expected).backward()
+    expected_grads = [[p.grad.clone() for p in stack.parameters()] for stack in stacks]
+    for stack in stacks:
+        stack.zero_grad()
+
+    outputs = run_mamba_stacks(stacks, inputs)
+    sum((o * torch.cos(o)).sum() for o in outputs).backward()
+    for i, (out, ref) in enumerate(zip(outputs, expected)):
+        assert out.shape == ref.shape
+        _assert_close(out, ref, "stack {} output".format(i))
+        for (name, param), grad in zip(stacks[i].named_parameters(), expected_grads[i]):
+            _assert_close(param.grad, grad, "stack {} grad of {}".format(i, name))
+
+
+def test_run_mamba_stacks_runs_ungroupable_stacks_alone(monkeypatch):
+    """Stacks of different depths never share a group: the grouped path sees only the
+    groupable ones."""
+    calls = []
+    forward = mamba_module._mixer_forward
+    monkeypatch.setattr(mamba_module, "_mixer_forward",
+                        lambda mixers, *a, **k: calls.append(len(mixers.mixers)) or
+                        forward(mixers, *a, **k))
+    stacks = _stacks(2, depth=2) + _stacks(1, depth=1, seed=8)
+    inputs = [torch.randn(1, 5, 16) for _ in stacks]
+    with torch.no_grad():
+        outputs = run_mamba_stacks(stacks, inputs)
+        for stack, x, out in zip(stacks, inputs, outputs):
+            _assert_close(out, stack(x), "output")
+    # Two grouped blocks of 2 layers; the depth-1 stack ran alone (one single-layer call),
+    # then the three reference forwards above (2 + 2 + 1 single-layer calls).
+    assert calls[:3] == [2, 2, 1] and calls[3:] == [1] * 5

@@ -398,6 +398,37 @@ def test_encoding_frames_in_chunks_changes_nothing(dam_mode):
                                   atol=1e-5)
 
 
+@pytest.mark.parametrize("selection", ["channel", "spatial"])
+def test_grouped_bcsm_at_inference_matches_each_level_in_turn(selection, monkeypatch):
+    """Without gradients SelMHead runs every level's BCSM stacks as one group; with them,
+    each level's BCSM in turn (training's order). Same masks and maps either way, on a
+    random (not identity-initialised) model."""
+    from selm_d2.modeling import head as head_module
+
+    model = tiny_model("MODEL.SELM.RETURN_SELECTION_MAPS", True, "MODEL.SELM.BCSM.POOL_SIZE", 1,
+                       "MODEL.SELM.BCSM.A2V_SELECTION", selection).eval()
+    torch.manual_seed(3)
+    for param in model.sem_seg_head.bcsm.parameters():
+        torch.nn.init.normal_(param, std=0.2)
+    clips = [make_clip(t=5, h=32, w=40, seed=s) for s in (0, 1)]
+    groups = []
+    grouped_run = head_module.run_mamba_stacks
+    monkeypatch.setattr(head_module, "run_mamba_stacks",
+                        lambda stacks, inputs: groups.append(len(stacks)) or
+                        grouped_run(stacks, inputs))
+    with torch.no_grad():
+        grouped = model(clips)
+    with torch.enable_grad():
+        in_turn = model(clips)
+    assert groups == [6]  # two branches at three levels, once, and only without gradients
+    for a, b in zip(grouped, in_turn):
+        torch.testing.assert_close(a["sem_seg"], b["sem_seg"], rtol=1e-5, atol=1e-6)
+        assert sorted(a["selection_maps"]) == ["res3", "res4", "res5"]
+        for level in a["selection_maps"]:
+            torch.testing.assert_close(a["selection_maps"][level], b["selection_maps"][level],
+                                       rtol=1e-5, atol=1e-6)
+
+
 def test_inference_outputs_on_request():
     """Full-size probabilities by default; a smaller size, or per-pixel labels, on request."""
     model = tiny_model("MODEL.SELM.NUM_CLASSES", 3, "MODEL.SELM.CLEVER.NUM_QUERIES", 4).eval()

@@ -85,10 +85,11 @@ class _ChannelSeM(nn.Module):
         self.mamba = _mamba_stack(dim, num_blocks, mamba_kwargs)
         self.to_weight = nn.Linear(dim, dim)
 
-    def forward(self, seq, num_frames):
-        """seq [B, T*n, d], n tokens per frame, time-major -> weights [B, T, d] in (0, 1)."""
-        b, _, d = seq.shape
-        per_frame = self.mamba(seq).view(b, num_frames, -1, d).mean(dim=2)
+    def weights(self, scanned, num_frames):
+        """scanned: ``self.mamba``'s output [B, T*n, d] for n tokens per frame, time-major ->
+        weights [B, T, d] in (0, 1)."""
+        b, _, d = scanned.shape
+        per_frame = scanned.view(b, num_frames, -1, d).mean(dim=2)
         return torch.sigmoid(self.to_weight(per_frame))
 
 
@@ -101,10 +102,11 @@ class _SpatialA2VSeM(nn.Module):
         self.query = nn.Linear(dim, dim)
         self.key = nn.Conv2d(dim, dim, kernel_size=1)
 
-    def forward(self, feats, audio):
-        """feats [B, T, d, h, w], audio [B, T, d] -> spatial weights [B, T, h, w] in (0, 1)."""
+    def weights(self, feats, scanned):
+        """feats [B, T, d, h, w]; scanned: ``self.mamba``'s output on the audio tokens
+        [B, T, d] -> spatial weights [B, T, h, w] in (0, 1)."""
         b, t, d, h, w = feats.shape
-        selector = self.query(self.mamba(audio))  # [B, T, d]
+        selector = self.query(scanned)  # [B, T, d]
         keys = self.key(feats.flatten(0, 1)).view(b, t, d, h, w)
         logits = torch.einsum("btd,btdhw->bthw", selector, keys) / math.sqrt(d)
         return torch.sigmoid(logits)
@@ -167,24 +169,55 @@ class BCSM(nn.Module):
         """Whether forward() reads the audio tokens (either branch is built)."""
         return self.a2v is not None or self.v2a is not None
 
-    def forward(self, feats, audio):
+    def sequences(self, feats, audio):
+        """The Mamba stacks of the built branches and their input sequences, V2A's first.
+
+        Args:
+            feats: F [B, T, d, h, w]; audio: A [B, T, d].
+        Returns:
+            list of (stack, sequence [B, L, d]): V2A-SeM's on the pooled F, A2V-SeM's on A.
+        """
+        pairs = []
+        if self.v2a is not None:
+            pairs.append((self.v2a.mamba, _pooled_sequence(feats, self.pool_size)))
+        if self.a2v is not None:
+            pairs.append((self.a2v.mamba, audio))
+        return pairs
+
+    def select(self, feats, audio, scanned, selection_map=True):
+        """BCSM's selection, given a way to get the stacks' outputs.
+
+        Args:
+            feats: F [B, T, d, h, w]; audio: A [B, T, d].
+            scanned: ``scanned(i)`` is the output of the i-th stack of
+                ``sequences(feats, audio)`` on its sequence, [B, L, d]; each is asked for once.
+            selection_map: False leaves out the "channel" map (not needed for the masks).
+        Returns:
+            as ``forward``.
+        """
+        num_frames = feats.shape[1]
+        branch = iter(range(2))
+        selected_audio = (audio if self.v2a is None else
+                          audio * self.v2a.weights(scanned(next(branch)), num_frames))
+        if self.a2v is None:
+            return feats, selected_audio, None
+        if self.a2v_selection == "spatial":
+            weight = self.a2v.weights(feats, scanned(next(branch)))
+            return feats * weight.unsqueeze(2), selected_audio, weight
+        selected = feats * self.a2v.weights(scanned(next(branch)), num_frames)[..., None, None]
+        return selected, selected_audio, selected.abs().mean(dim=2) if selection_map else None
+
+    def forward(self, feats, audio, selection_map=True):
         """
         Args:
             feats: F, visual features [B, T, d, h, w].
             audio: A, audio tokens [B, T, d].
+            selection_map: False skips the "channel" selection map (None is returned).
         Returns:
             (F^s [B, T, d, h, w], T^s [B, T, d], selection map [B, T, h, w] or None when A2V
             is off). The map is the spatial weight map W_v ("spatial"), or the per-position
             energy of the selected features, mean_c |F^s| ("channel": the paper's Fig. 5
             compares feature maps with and without BCSM).
         """
-        num_frames = feats.shape[1]
-        selected_audio = (audio if self.v2a is None else
-                          audio * self.v2a(_pooled_sequence(feats, self.pool_size), num_frames))
-        if self.a2v is None:
-            return feats, selected_audio, None
-        if self.a2v_selection == "spatial":
-            weight = self.a2v(feats, audio)
-            return feats * weight.unsqueeze(2), selected_audio, weight
-        selected = feats * self.a2v(audio, num_frames)[..., None, None]
-        return selected, selected_audio, selected.abs().mean(dim=2)
+        pairs = self.sequences(feats, audio)
+        return self.select(feats, audio, lambda i: pairs[i][0](pairs[i][1]), selection_map)

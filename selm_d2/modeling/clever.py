@@ -124,25 +124,27 @@ class _Attention(nn.Module):
 
     def forward(self, queries, query_pos, memory, memory_pos, key_padding_mask=None):
         if not self.training and queries.shape[1] * self.attn.num_heads < self.attn.embed_dim:
-            out = _few_query_attention(self.attn, queries + query_pos, memory + memory_pos,
-                                       memory, key_padding_mask)
+            out = _few_query_attention(self.attn, queries + query_pos, memory, memory_pos,
+                                       key_padding_mask)
         else:
             out = self.attn(queries + query_pos, memory + memory_pos, memory,
                             key_padding_mask=key_padding_mask, need_weights=False)[0]
         return self.norm(queries + self.dropout(out))
 
 
-def _few_query_attention(attn, query, key, value, key_padding_mask=None):
-    """``attn(query, key, value)[0]`` (an ``nn.MultiheadAttention``, batch_first, no dropout)
-    with the key and value projections moved to the query side.
+def _few_query_attention(attn, query, memory, memory_pos, key_padding_mask=None):
+    """``attn(query, memory + memory_pos, memory)[0]`` (an ``nn.MultiheadAttention``,
+    batch_first, no dropout) with the key and value projections moved to the query side.
 
     Per head h, ``(q W_qh + b_qh)(k W_kh + b_kh)^T`` is ``((q W_qh + b_qh) W_kh^T) k^T`` plus a
     term constant over the keys, which softmax ignores; and since the attention weights sum to
     1, ``sum_l a_l (v_l W_vh + b_vh) = (sum_l a_l v_l) W_vh + b_vh``. Cost O(Nq * H * L * d)
-    instead of O(L * d^2) for L keys: less whenever Nq * H < d.
+    instead of O(L * d^2) for L keys: less whenever Nq * H < d. The keys' position term is its
+    own product, ``q (m + p)^T = q m^T + q p^T``, so ``memory + memory_pos`` is never formed.
 
     Args:
-        query [N, Nq, d]; key, value [N, L, d]; key_padding_mask [N, L] bool (True = ignore).
+        query [N, Nq, d]; memory [N, L, d]; memory_pos [N or 1, L, d];
+        key_padding_mask [N, L] bool (True = ignore).
     Returns:
         [N, Nq, d]
     """
@@ -150,17 +152,21 @@ def _few_query_attention(attn, query, key, value, key_padding_mask=None):
     heads, head_dim = attn.num_heads, d // attn.num_heads
     w_q, w_k, w_v = attn.in_proj_weight.chunk(3)
     b_q, _, b_v = attn.in_proj_bias.chunk(3)
-    q = F.linear(query, w_q, b_q).view(n * nq, heads, 1, head_dim) * head_dim ** -0.5
-    # [N*Nq, H, 1, e] @ [H, e, d] -> each query head in key space, as [N, Nq*H, d].
-    q = torch.matmul(q, w_k.view(heads, head_dim, d)).view(n, nq * heads, d)
-    logits = torch.bmm(q, key.transpose(1, 2))  # [N, Nq*H, L]
+    q = F.linear(query, w_q, b_q).view(n * nq, heads, head_dim).transpose(0, 1)
+    # Per head, [H, N*Nq, e] @ [H, e, d]: each query head in key space, as [N, Nq*H, d].
+    q = torch.bmm(q * head_dim ** -0.5, w_k.view(heads, head_dim, d))
+    q = q.transpose(0, 1).reshape(n, nq * heads, d)
+    if memory_pos.shape[0] == 1:  # shared by the batch: one [N*Nq*H, d] @ [d, L] product
+        memory_pos = memory_pos[0]
+    logits = torch.matmul(q, memory_pos.transpose(-1, -2))
+    logits = torch.baddbmm(logits, q, memory.transpose(1, 2))  # [N, Nq*H, L]
     if key_padding_mask is not None:
         logits = logits.masked_fill(key_padding_mask[:, None, :], float("-inf"))
-    pooled = torch.bmm(logits.softmax(dim=-1), value)  # [N, Nq*H, d]
-    # [N*Nq, H, 1, d] @ [H, d, e] -> [N*Nq, H, 1, e]: each head's value projection.
-    out = torch.matmul(pooled.view(n * nq, heads, 1, d),
-                       w_v.view(heads, head_dim, d).transpose(1, 2))
-    return attn.out_proj(out.reshape(n, nq, d) + b_v)
+    pooled = torch.bmm(logits.softmax(dim=-1), memory)  # [N, Nq*H, d]
+    # Per head, [H, N*Nq, d] @ [H, d, e]: each head's value projection.
+    out = torch.bmm(pooled.view(n * nq, heads, d).transpose(0, 1),
+                    w_v.view(heads, head_dim, d).transpose(1, 2))
+    return attn.out_proj(out.transpose(0, 1).reshape(n, nq, d) + b_v)
 
 
 class _FFN(nn.Module):

@@ -26,6 +26,7 @@ directions whose outputs nothing reads.
 """
 import math
 
+import torch
 from torch import nn
 
 from detectron2.config import configurable
@@ -33,6 +34,7 @@ from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 
 from .bcsm import BCSM
 from .clever import build_selm_decoder
+from .mamba import run_mamba_stacks
 
 __all__ = ["SelMHead", "paired_audio_channels"]
 
@@ -131,13 +133,14 @@ class SelMHead(nn.Module):
         """Whether every BCSM level returns a selection map (its A2V branch is built)."""
         return all(b.has_selection_map for b in self.bcsm.values())
 
-    def forward(self, features, audio_tokens, embedding, frame_valid):
+    def forward(self, features, audio_tokens, embedding, frame_valid, selection_maps=True):
         """
         Args:
             features: {level: [B*T, C, h, w]} DAM-aligned visual stage outputs.
             audio_tokens: {level: [B, T, C_a]} the paired VGGish stage, one token per second.
             embedding: [B, T, E] VGGish embedding, or None when not ``reads_audio``.
             frame_valid: [B, T] bool, False = padding frame.
+            selection_maps: False leaves out the maps that only illustrate (see ``BCSM``).
         Returns:
             (CLEVER's outputs {"pred_masks", "aux_masks"},
              {level: BCSM selection map [B, T, h, w]} for levels that have one).
@@ -147,14 +150,36 @@ class SelMHead(nn.Module):
         frame_mask = frame_valid.flatten().float()[:, None, None, None]
         feats = {level: proj(features[level]) * frame_mask
                  for level, proj in self.visual_proj.items()}
-        audio, selection = {}, {}
-        for level, bcsm in self.bcsm.items():
+        inputs = {}
+        for level in self.bcsm:
             a = (self.audio_proj[level](audio_tokens[level], embedding)
                  * frame_valid[..., None].float() if self.reads_audio else None)
             f = feats[level]
-            f_sel, audio[level], weight = bcsm(f.view(b, t, *f.shape[1:]), a)
+            inputs[level] = (f.view(b, t, *f.shape[1:]), a)
+        audio, selection = {}, {}
+        for level, (f_sel, audio[level], weight) in self._select(inputs, selection_maps).items():
             feats[level] = f_sel.flatten(0, 1)
             if weight is not None:
                 selection[level] = weight
         outputs = self.clever(feats, audio if self.reads_audio else None, frame_valid)
         return outputs, selection
+
+    def _select(self, inputs, selection_maps):
+        """{level: BCSM's (F^s, T^s, selection map)} for inputs {level: (F, A)}.
+
+        Without gradients, the Mamba stacks of all levels run as one group
+        (``run_mamba_stacks``: the same result with a sixth of the small ops for three levels).
+        With gradients, each level's BCSM runs in turn: grouping would change the order in
+        which gradients are summed, and so the rounding of the training that ``make demo``'s
+        numbers come from.
+        """
+        if torch.is_grad_enabled():
+            return {level: bcsm(*inputs[level], selection_maps)
+                    for level, bcsm in self.bcsm.items()}
+        pairs = {level: bcsm.sequences(*inputs[level]) for level, bcsm in self.bcsm.items()}
+        flat = [pair for level_pairs in pairs.values() for pair in level_pairs]
+        outputs = iter(run_mamba_stacks([stack for stack, _ in flat], [seq for _, seq in flat]))
+        scanned = {level: [next(outputs) for _ in level_pairs]
+                   for level, level_pairs in pairs.items()}
+        return {level: bcsm.select(*inputs[level], scanned[level].__getitem__, selection_maps)
+                for level, bcsm in self.bcsm.items()}

@@ -20,7 +20,8 @@ from torch.autograd.function import once_differentiable
 
 from detectron2.utils.logger import log_first_n
 
-__all__ = ["Mamba", "MambaBlock", "selective_scan", "selective_scan_ref"]
+__all__ = ["Mamba", "MambaBlock", "run_mamba_stacks", "selective_scan",
+           "selective_scan_ref"]
 
 # Most scan steps per chunk in ``selective_scan``, which takes about 2 * chunk_size +
 # L / chunk_size Python-level steps: the best value is near sqrt(L / 2). Measured on CPU
@@ -94,22 +95,7 @@ class Mamba(nn.Module):
 
     def forward(self, hidden_states):
         """hidden_states [B, L, d_model] -> [B, L, d_model]; causal along L."""
-        kernels = self._cuda_kernels(hidden_states)
-        x, z = self.in_proj(hidden_states).transpose(1, 2).chunk(2, dim=1)  # [B, d_inner, L]
-        if kernels is not None and kernels.causal_conv1d_fn is not None:
-            x = kernels.causal_conv1d_fn(x=x.contiguous(), weight=self.conv1d.weight.squeeze(1),
-                                         bias=self.conv1d.bias, activation="silu")
-        else:
-            x = F.silu(_causal_depthwise_conv(x, self.conv1d.weight, self.conv1d.bias))
-        dt, B, C = torch.split(self.x_proj(x.transpose(1, 2)),
-                               [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        # dt_proj's bias is added inside the scan (delta_bias), as in mamba-ssm.
-        dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # [B, d_inner, L]
-        scan = selective_scan if kernels is None else kernels.selective_scan_fn
-        y = scan(x, dt, -torch.exp(self.A_log.float()), B.transpose(1, 2).contiguous(),
-                 C.transpose(1, 2).contiguous(), self.D.float(), z=z,
-                 delta_bias=self.dt_proj.bias.float(), delta_softplus=True)
-        return self.out_proj(y.transpose(1, 2))
+        return _mixer_forward(_Mixers([self]), hidden_states, self._cuda_kernels(hidden_states))
 
     def _cuda_kernels(self, hidden_states):
         """mamba-ssm's kernels when this call should use them, else None (PyTorch scan)."""
@@ -139,10 +125,79 @@ class Mamba(nn.Module):
         return kernels
 
 
-def _causal_depthwise_conv(x, weight, bias):
-    """Causal depthwise Conv1d, out_t = bias + sum_k weight[:, 0, k] * x_{t - d_conv + 1 + k}.
+class _Mixers:
+    """One Mamba layer, or G layers of the same widths run as one group (``run_mamba_stacks``).
 
-    x [B, D, L], weight [D, 1, d_conv] (``nn.Conv1d`` with groups=D), bias [D] or None.
+    Grouped, activations carry a leading group dim, ``[G, B, ...]``, and each layer's
+    parameters are stacked along it; single, both are exactly the layer's own, so that a layer
+    alone runs the same ops as always.
+    """
+
+    def __init__(self, mixers):
+        self.mixers = list(mixers)
+        self.grouped = len(self.mixers) > 1
+        self.first = self.mixers[0]
+
+    def linear(self, name, x, bias=True):
+        """Linear layer ``name`` of every mixer on its own slice of x [(G,) ..., in]."""
+        if not self.grouped:
+            layer = getattr(self.first, name)
+            return layer(x) if bias else F.linear(x, layer.weight)
+        return torch.stack([F.linear(x_g, getattr(m, name).weight,
+                                     getattr(m, name).bias if bias else None)
+                            for m, x_g in zip(self.mixers, x)])
+
+    def broadcast(self, get):
+        """``get(mixer)`` [*shape], or stacked as [G, 1, *shape] (broadcast over the batch)."""
+        if not self.grouped:
+            return get(self.first)
+        values = [get(m) for m in self.mixers]
+        return None if values[0] is None else torch.stack(values)[:, None]
+
+    def per_sequence(self, get, batch):
+        """``get(mixer)`` [*shape] shared by all sequences, or one per sequence of the flattened
+        group and batch, [G * batch, *shape]."""
+        if not self.grouped:
+            return get(self.first)
+        return torch.stack([get(m) for m in self.mixers]).repeat_interleave(batch, dim=0)
+
+
+def _mixer_forward(mixers, hidden_states, kernels=None):
+    """Mamba's forward for one layer ([B, L, d_model]) or a group ([G, B, L, d_model])."""
+    first = mixers.first
+    x, z = mixers.linear("in_proj", hidden_states).transpose(-1, -2).chunk(2, dim=-2)
+    if kernels is not None and kernels.causal_conv1d_fn is not None:
+        x = kernels.causal_conv1d_fn(x=x.contiguous(), weight=first.conv1d.weight.squeeze(1),
+                                     bias=first.conv1d.bias, activation="silu")
+    else:
+        x = F.silu(_causal_depthwise_conv(x, mixers.broadcast(lambda m: m.conv1d.weight[:, 0]),
+                                          mixers.broadcast(lambda m: m.conv1d.bias)))
+    dt, B, C = torch.split(mixers.linear("x_proj", x.transpose(-1, -2)),
+                           [first.dt_rank, first.d_state, first.d_state], dim=-1)
+    # dt_proj's bias is added inside the scan (delta_bias), as in mamba-ssm.
+    dt = mixers.linear("dt_proj", dt, bias=False).transpose(-1, -2)  # [(G,) B, d_inner, L]
+    lead = x.shape[:-2]
+
+    def sequences(t):  # [(G,) B, n, L] -> [(G *) B, n, L]
+        return t.flatten(0, -3)
+
+    batch = hidden_states.shape[-3]
+    scan = selective_scan if kernels is None else kernels.selective_scan_fn
+    y = scan(sequences(x), sequences(dt),
+             mixers.per_sequence(lambda m: -torch.exp(m.A_log.float()), batch),
+             sequences(B.transpose(-1, -2)).contiguous(),
+             sequences(C.transpose(-1, -2)).contiguous(),
+             mixers.per_sequence(lambda m: m.D.float(), batch), z=sequences(z),
+             delta_bias=mixers.per_sequence(lambda m: m.dt_proj.bias.float(), batch),
+             delta_softplus=True)
+    return mixers.linear("out_proj", y.view(*lead, *y.shape[-2:]).transpose(-1, -2))
+
+
+def _causal_depthwise_conv(x, weight, bias):
+    """Causal depthwise Conv1d, out_t = bias + sum_k weight[..., k] * x_{t - d_conv + 1 + k}.
+
+    x [..., D, L]; weight [..., D, d_conv] (``nn.Conv1d`` with groups=D: its weight[:, 0]);
+    bias [..., D] or None; weight and bias broadcast against x.
     As d_conv shifted multiply-adds: for BCSM's sequences of tens of steps this is several
     times faster on CPU than ``F.conv1d`` with groups=D, and it only computes the L causal
     outputs.
@@ -150,10 +205,10 @@ def _causal_depthwise_conv(x, weight, bias):
     d_conv = weight.shape[-1]
     padded = F.pad(x, (d_conv - 1, 0))
     length = x.shape[-1]
-    out = x * weight[:, 0, -1:] if bias is None else torch.addcmul(bias[:, None], x,
-                                                                    weight[:, 0, -1:])
+    out = x * weight[..., -1:] if bias is None else torch.addcmul(bias[..., None], x,
+                                                                  weight[..., -1:])
     for k in range(d_conv - 1):
-        out = out.addcmul(padded[..., k:k + length], weight[:, 0, k:k + 1])
+        out = out.addcmul(padded[..., k:k + length], weight[..., k:k + 1])
     return out
 
 
@@ -172,6 +227,47 @@ class MambaBlock(nn.Module):
 
     def forward(self, x):
         return x + self.mixer(self.norm(x))
+
+
+def run_mamba_stacks(stacks, inputs):
+    """Independent stacks of ``MambaBlock`` (``nn.Sequential``), each on its own input.
+
+    BCSM runs six such stacks per clip (two branches at each of three levels), on sequences of
+    a few tokens, where a block's cost is its number of small ops rather than their size. So
+    stacks of the same depth and widths whose inputs have the same shape run as one group:
+    every op runs once for the group, on the layers' parameters stacked (the linear layers
+    stay one product per layer). Outputs and gradients are those of running each stack alone
+    (up to rounding). Stacks that use the mamba-ssm kernels run alone.
+
+    Args:
+        stacks: list of ``nn.Sequential`` of ``MambaBlock``.
+        inputs: list of [B, L, d_model], one per stack.
+    Returns:
+        list of [B, L, d_model], one per stack.
+    """
+    outputs = [None] * len(stacks)
+    groups = collections.defaultdict(list)
+    for i, (stack, x) in enumerate(zip(stacks, inputs)):
+        if stack[0].mixer._cuda_kernels(x) is not None:
+            outputs[i] = stack(x)
+        else:
+            groups[_group_key(stack, x)].append(i)
+    for members in groups.values():
+        x = torch.stack([inputs[i] for i in members])
+        for blocks in zip(*(stacks[i] for i in members)):
+            x = x + _mixer_forward(_Mixers(block.mixer for block in blocks), torch.stack(
+                [block.norm(x_g) for block, x_g in zip(blocks, x)]))
+        for i, out in zip(members, x):
+            outputs[i] = out
+    return outputs
+
+
+def _group_key(stack, x):
+    """Stacks with equal keys can run as one group in ``run_mamba_stacks``."""
+    widths = tuple((m.d_model, m.d_inner, m.d_state, m.d_conv, m.dt_rank,
+                    m.conv1d.bias is not None, m.in_proj.bias is not None)
+                   for m in (block.mixer for block in stack))
+    return tuple(x.shape), x.dtype, x.device, widths
 
 
 _CudaKernels = collections.namedtuple("_CudaKernels",
@@ -207,16 +303,18 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
 
     Args:
         u, delta: [B, D_in, L].
-        A: [D_in, N] (negative real part of the diagonal state matrix).
+        A: [D_in, N] (negative real part of the diagonal state matrix), or [B, D_in, N]: one
+            per sequence (``run_mamba_stacks`` scans several layers' sequences as one batch).
         B, C: [B, N, L] (input-dependent).
-        D: [D_in] or None. z: [B, D_in, L] or None. delta_bias: [D_in] or None.
+        D: [D_in] or [B, D_in], or None. z: [B, D_in, L] or None. delta_bias: [D_in] or
+            [B, D_in], or None.
     Returns:
         [B, D_in, L] in the dtype of ``u`` (computed in float32).
     """
     dtype_in = u.dtype
     u, delta = _discretisation_inputs(u, delta, delta_bias, delta_softplus)
     A, B, C = A.float(), B.float(), C.float()
-    state = u.new_zeros(u.shape[0], u.shape[1], A.shape[1])  # [B, D_in, N]
+    state = u.new_zeros(u.shape[0], u.shape[1], A.shape[-1])  # [B, D_in, N]
     ys = []
     # unbind (not indexing) so that the backward gathers the per-step gradients in one stack
     # instead of adding L full-size zero-padded tensors.
@@ -250,7 +348,10 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     def time_major(x):
         return F.pad(x.float(), pad).transpose(1, 2).contiguous()
 
-    y = _ChunkedSelectiveScan.apply(time_major(u), time_major(delta), A.float().contiguous(),
+    A = A.float().contiguous()
+    if A.dim() == 3:  # one A per sequence: [Bt, 1, D, N] broadcasts over the steps
+        A = A[:, None]
+    y = _ChunkedSelectiveScan.apply(time_major(u), time_major(delta), A,
                                     time_major(B), time_major(C), size)
     y = y[:, :length].transpose(1, 2)
     return _skip_and_gate(y, u, D, z).to(dtype_in)
@@ -259,7 +360,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
 def _discretisation_inputs(u, delta, delta_bias, delta_softplus):
     u, delta = u.float(), delta.float()
     if delta_bias is not None:
-        delta = delta + delta_bias.float()[:, None]
+        delta = delta + delta_bias.float()[..., None]
     if delta_softplus:
         delta = F.softplus(delta)
     return u, delta
@@ -267,7 +368,7 @@ def _discretisation_inputs(u, delta, delta_bias, delta_softplus):
 
 def _skip_and_gate(y, u, D, z):
     if D is not None:
-        y = y + u * D.float()[:, None]
+        y = y + u * D.float()[..., None]
     if z is not None:
         y = y * F.silu(z.float())
     return y
@@ -276,7 +377,8 @@ def _skip_and_gate(y, u, D, z):
 class _ChunkedSelectiveScan(torch.autograd.Function):
     """y_t = C_t . h_t with h_t = exp(delta_t A) * h_{t-1} + delta_t u_t B_t, h_{-1} = 0.
 
-    Inputs are time-major, L a multiple of ``size``: u, delta [Bt, L, D]; A [D, N];
+    Inputs are time-major, L a multiple of ``size``: u, delta [Bt, L, D]; A [D, N] (shared)
+    or [Bt, 1, D, N] (one per sequence);
     B, C [Bt, L, N]; returns y [Bt, L, D].
 
     The sequence is cut into K = L / size chunks and scanned in three phases with about
@@ -359,7 +461,8 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
             exponent_dot_a4[:, :, t] = exponent.mul_(A).sum(-1)
         grad_u = g_dot_b * delta
         grad_delta = g_dot_b * u + exponent_dot_a
-        grad_A = exponent_delta.sum(dim=(0, 1))
+        grad_A = (exponent_delta.sum(dim=(0, 1)) if A.dim() == 2
+                  else exponent_delta.sum(dim=1, keepdim=True))
         grad_C = _dot_channels(states, grad_y)
         return grad_u, grad_delta, grad_A, grad_B, grad_C, None
 

@@ -55,6 +55,23 @@ def test_benchmark_breakdown_times_every_part_of_the_paper_model():
     assert abs(parts + seconds["other"] - seconds["total"]) < 1e-9
 
 
+def test_benchmark_ratios_pair_the_sides_of_each_round():
+    """A slow spell that hits both sides of one round does not move the ratio; one that hits
+    a single call lands in the quartiles, not the median. Hand-computed values."""
+    selm = [1.2, 2.4, 1.2, 1.2, 3.0]  # round 2: the machine is 2x slower for both sides
+    encoders = [1.0, 2.0, 1.0, 1.0, 1.0]  # round 5: only SelM's call is hit
+    ratio = benchmark.paired_ratio(selm, encoders)
+    assert ratio == pytest.approx({"median": 1.2, "q1": 1.2, "q3": 1.2})
+    # The table shows median (quartiles) of each ratio.
+    row = {"backbone": "R50", "rounds": 5, "selm_s": 1.2, "backbone_alone_s": 0.9,
+           "encoders_alone_s": 1.0, "selm_over_backbone": benchmark.paired_ratio(selm, [1.0] * 5),
+           "selm_over_encoders": ratio, "clips_per_s": 1 / 1.2}
+    table = benchmark.markdown({"machine": {"cpu": "x", "torch": "t", "cpu_threads": 2,
+                                            "device": "cpu"}, "latency": [row]})
+    assert "| R50 | 1.200 | 0.900 | 1.000 | 1.20× (1.20–2.40) | 1.20× (1.20–1.20) |" in table
+    assert "median over rounds of that round's ratio" in table
+
+
 def test_ablate_trains_one_row_writes_the_tables_and_skips_finished_runs(tmp_path, monkeypatch):
     from selm_d2.data.synthetic import generate
 

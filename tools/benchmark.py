@@ -12,7 +12,6 @@ and ``scaling.png`` (latency vs frames per clip) into ``--output-dir``. Sections
 - scaling: SelM-R50 latency at T = 5, 10, 20, 40 and at 160², 224², 320²;
 - breakdown: SelM-R50 time per part (encoders, DAM per stage, projections, BCSM, CLEVER, the
   rest) at T = 5 and 40, from forward hooks, as a table and ``breakdown.png``;
-Ratios are timed interleaved: one call of each side per round, median of each side.
 - train: one training step (forward + backward + AdamW) of SelM-R50 and of the AVS-Synth model;
 - scan: BCSM's selective scan, vectorised vs step-by-step, fwd + bwd (and mamba-ssm on CUDA);
 - data: clip loading throughput (5 frames 224², wav decoding + log-mel) with 0, 1, 2 workers;
@@ -21,6 +20,9 @@ Ratios are timed interleaved: one call of each side per round, median of each si
   through the R50 AVSS config in eval, for each output a caller can ask for (full-size
   probabilities, per-pixel labels, the evaluator's request at TEST.AVS.EVAL_SIZE), each in a
   fresh process.
+Latencies and scaling series are timed interleaved: one call of each side per round. A ratio
+is the median over rounds of that round's ratio, with its quartiles, so that a slow spell of a
+shared machine lands on both sides of it (``--latency-rounds``, default 15).
 Peak memory: CUDA max allocated on GPU; on CPU the process's peak RSS after each section.
 """
 import argparse
@@ -95,9 +97,9 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def interleaved(fns, device, repeats, warmup=1):
-    """{name: median seconds} of each ``fns[name]()``, timed round-robin (one call of each per
-    round) so that machine noise lands on every side of a ratio rather than on one block."""
+def interleaved_rounds(fns, device, repeats, warmup=1):
+    """{name: [seconds per round]} of each ``fns[name]()``, timed round-robin (one call of each
+    per round) so that machine noise lands on every side of a ratio rather than on one block."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -109,7 +111,20 @@ def interleaved(fns, device, repeats, warmup=1):
             fn()
             _sync(device)
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
+
+
+def interleaved(fns, device, repeats, warmup=1):
+    """{name: median seconds} of each ``fns[name]()``, timed as ``interleaved_rounds``."""
+    return {name: statistics.median(values)
+            for name, values in interleaved_rounds(fns, device, repeats, warmup).items()}
+
+
+def paired_ratio(numerators, denominators):
+    """Median and quartiles over rounds of numerator / denominator of the same round."""
+    ratios = [a / b for a, b in zip(numerators, denominators)]
+    q1, median, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
+    return {"median": median, "q1": q1, "q3": q3}
 
 
 def timeit(fn, device, repeats, warmup=1):
@@ -137,14 +152,17 @@ def bench_latency(device, repeats):
         images = ((clip["image"].float() - model.pixel_mean.cpu()) / model.pixel_std.cpu()).to(device)
         audio = clip["audio"].to(device)
         with torch.no_grad():
-            times = interleaved({"selm": lambda: model([clip]),
-                                 "backbone": lambda: model.backbone(images),
-                                 "encoders": lambda: _encoders_alone(model, images, audio)},
-                                device, repeats)
-        selm, backbone, encoders = times["selm"], times["backbone"], times["encoders"]
-        rows.append({"backbone": name, "selm_s": selm, "backbone_alone_s": backbone,
-                     "encoders_alone_s": encoders, "selm_over_backbone": selm / backbone,
-                     "selm_over_encoders": selm / encoders, "clips_per_s": 1.0 / selm})
+            times = interleaved_rounds({"selm": lambda: model([clip]),
+                                        "backbone": lambda: model.backbone(images),
+                                        "encoders": lambda: _encoders_alone(model, images, audio)},
+                                       device, repeats)
+        selm, backbone, encoders = (statistics.median(times[k])
+                                    for k in ("selm", "backbone", "encoders"))
+        rows.append({"backbone": name, "rounds": repeats, "selm_s": selm,
+                     "backbone_alone_s": backbone, "encoders_alone_s": encoders,
+                     "selm_over_backbone": paired_ratio(times["selm"], times["backbone"]),
+                     "selm_over_encoders": paired_ratio(times["selm"], times["encoders"]),
+                     "clips_per_s": 1.0 / selm})
     return rows
 
 
@@ -406,10 +424,15 @@ def markdown(report):
     if "latency" in report:
         lines += ["| one clip, T=5, 224² | SelM (s) | visual backbone alone (s) | backbone + VGGish (s) "
                   "| SelM / backbone | SelM / encoders |", "|---|---|---|---|---|---|"]
+
+        def ratio(r):
+            return "{median:.2f}× ({q1:.2f}–{q3:.2f})".format(**r)
+
         for r in report["latency"]:
-            lines.append("| {backbone} | {selm_s:.3f} | {backbone_alone_s:.3f} | {encoders_alone_s:.3f} | "
-                         "{selm_over_backbone:.2f}× | {selm_over_encoders:.2f}× |".format(**r))
-        lines.append("")
+            lines.append("| {backbone} | {selm_s:.3f} | {backbone_alone_s:.3f} | {encoders_alone_s:.3f} | ".format(**r)
+                         + "{} | {} |".format(ratio(r["selm_over_backbone"]), ratio(r["selm_over_encoders"])))
+        lines += ["", "Seconds: medians over {} interleaved rounds; ratios: the median over rounds of "
+                  "that round's ratio (quartiles in brackets).".format(report["latency"][0]["rounds"]), ""]
     if "scaling" in report:
         lines += ["| SelM-R50 latency | " + " | ".join("T={T}".format(**r) for r in report["scaling"]["frames"])
                   + " | " + " | ".join("{size}²".format(**r) for r in report["scaling"]["resolution"]) + " |",
@@ -518,6 +541,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--latency-rounds", type=int, default=15,
+                        help="interleaved rounds of the latency section, whose ratios need more "
+                             "than --repeats on a shared machine")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--output-dir", default="output/benchmark")
     args = parser.parse_args(argv)
@@ -525,7 +551,7 @@ def main(argv=None):
 
     report = {"machine": machine_info(args.device), "peak_memory_mb": {}}
     runners = {
-        "latency": lambda: bench_latency(args.device, args.repeats),
+        "latency": lambda: bench_latency(args.device, args.latency_rounds),
         "scaling": lambda: bench_scaling(args.device, args.repeats),
         "breakdown": lambda: bench_breakdown(args.device, args.repeats),
         "train": lambda: bench_train(args.device, args.repeats),

@@ -400,10 +400,10 @@ def test_encoding_frames_in_chunks_changes_nothing(dam_mode):
 
 @pytest.mark.parametrize("selection", ["channel", "spatial"])
 def test_grouped_bcsm_at_inference_matches_each_level_in_turn(selection, monkeypatch):
-    """Without gradients SelMHead runs every level's BCSM stacks as one group; with them,
+    """Without gradients BCSMLevels runs every level's BCSM stacks as one group; with them,
     each level's BCSM in turn (training's order). Same masks and maps either way, on a
     random (not identity-initialised) model."""
-    from selm_d2.modeling import head as head_module
+    from selm_d2.modeling import bcsm as bcsm_module
 
     model = tiny_model("MODEL.SELM.RETURN_SELECTION_MAPS", True, "MODEL.SELM.BCSM.POOL_SIZE", 1,
                        "MODEL.SELM.BCSM.A2V_SELECTION", selection).eval()
@@ -412,8 +412,8 @@ def test_grouped_bcsm_at_inference_matches_each_level_in_turn(selection, monkeyp
         torch.nn.init.normal_(param, std=0.2)
     clips = [make_clip(t=5, h=32, w=40, seed=s) for s in (0, 1)]
     groups = []
-    grouped_run = head_module.run_mamba_stacks
-    monkeypatch.setattr(head_module, "run_mamba_stacks",
+    grouped_run = bcsm_module.run_mamba_stacks
+    monkeypatch.setattr(bcsm_module, "run_mamba_stacks",
                         lambda stacks, inputs: groups.append(len(stacks)) or
                         grouped_run(stacks, inputs))
     with torch.no_grad():

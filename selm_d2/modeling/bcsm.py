@@ -48,9 +48,9 @@ from torch.nn import functional as F
 
 from detectron2.config import configurable
 
-from .mamba import MambaBlock
+from .mamba import MambaBlock, run_mamba_stacks
 
-__all__ = ["BCSM", "BCSM_MODES", "A2V_SELECTIONS", "effective_bcsm_mode"]
+__all__ = ["BCSM", "BCSMLevels", "BCSM_MODES", "A2V_SELECTIONS", "effective_bcsm_mode"]
 
 BCSM_MODES = ("off", "a2v", "v2a", "bidirectional")
 A2V_SELECTIONS = ("channel", "spatial")
@@ -221,3 +221,32 @@ class BCSM(nn.Module):
         """
         pairs = self.sequences(feats, audio)
         return self.select(feats, audio, lambda i: pairs[i][0](pairs[i][1]), selection_map)
+
+
+class BCSMLevels(nn.ModuleDict):
+    """One BCSM per feature level, {level: BCSM}, run together.
+
+    Without gradients, the Mamba stacks of all levels run as one group (``run_mamba_stacks``:
+    the same result with a sixth of the small ops for three levels' two branches). With
+    gradients, each level's BCSM runs in turn: grouping would change the order in which
+    gradients are summed, and so the rounding of the training that ``make demo``'s numbers
+    come from.
+    """
+
+    def forward(self, inputs, selection_maps=True):
+        """
+        Args:
+            inputs: {level: (F [B, T, d, h, w], A [B, T, d])} for every level.
+            selection_maps: as ``BCSM.forward``'s ``selection_map``.
+        Returns:
+            {level: BCSM's (F^s, T^s, selection map or None)}.
+        """
+        if torch.is_grad_enabled():
+            return {level: bcsm(*inputs[level], selection_maps) for level, bcsm in self.items()}
+        pairs = {level: bcsm.sequences(*inputs[level]) for level, bcsm in self.items()}
+        flat = [pair for level_pairs in pairs.values() for pair in level_pairs]
+        outputs = iter(run_mamba_stacks([stack for stack, _ in flat], [seq for _, seq in flat]))
+        scanned = {level: [next(outputs) for _ in level_pairs]
+                   for level, level_pairs in pairs.items()}
+        return {level: bcsm.select(*inputs[level], scanned[level].__getitem__, selection_maps)
+                for level, bcsm in self.items()}

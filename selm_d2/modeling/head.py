@@ -26,15 +26,13 @@ directions whose outputs nothing reads.
 """
 import math
 
-import torch
 from torch import nn
 
 from detectron2.config import configurable
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 
-from .bcsm import BCSM
+from .bcsm import BCSM, BCSMLevels
 from .clever import build_selm_decoder
-from .mamba import run_mamba_stacks
 
 __all__ = ["SelMHead", "paired_audio_channels"]
 
@@ -83,7 +81,7 @@ class SelMHead(nn.Module):
                 (its layer levels, plus its mask level when it fuses one).
             audio_proj: nn.ModuleDict {level: _AudioProjection} for the levels BCSM selects;
                 empty when nothing reads audio tokens.
-            bcsm: nn.ModuleDict {level: BCSM} for CLEVER's layer levels (``used_levels``).
+            bcsm: ``BCSMLevels`` {level: BCSM} for CLEVER's layer levels (``used_levels``).
             clever: the decoder (``SELM_DECODER_REGISTRY``), ``forward(feats, audio, valid)``.
         """
         super().__init__()
@@ -97,7 +95,7 @@ class SelMHead(nn.Module):
         """input_shape: {level: ShapeSpec} of the visual encoder's stages."""
         clever = build_selm_decoder(cfg, input_shape)
         levels = clever.used_levels
-        bcsm = nn.ModuleDict({name: BCSM(cfg) for name in levels})
+        bcsm = BCSMLevels({name: BCSM(cfg) for name in levels})
         reads_audio = clever.reads_audio or any(b.reads_audio for b in bcsm.values())
         dim = cfg.MODEL.SELM.HIDDEN_DIM
         audio_channels = paired_audio_channels(cfg, input_shape)
@@ -157,29 +155,9 @@ class SelMHead(nn.Module):
             f = feats[level]
             inputs[level] = (f.view(b, t, *f.shape[1:]), a)
         audio, selection = {}, {}
-        for level, (f_sel, audio[level], weight) in self._select(inputs, selection_maps).items():
+        for level, (f_sel, audio[level], weight) in self.bcsm(inputs, selection_maps).items():
             feats[level] = f_sel.flatten(0, 1)
             if weight is not None:
                 selection[level] = weight
         outputs = self.clever(feats, audio if self.reads_audio else None, frame_valid)
         return outputs, selection
-
-    def _select(self, inputs, selection_maps):
-        """{level: BCSM's (F^s, T^s, selection map)} for inputs {level: (F, A)}.
-
-        Without gradients, the Mamba stacks of all levels run as one group
-        (``run_mamba_stacks``: the same result with a sixth of the small ops for three levels).
-        With gradients, each level's BCSM runs in turn: grouping would change the order in
-        which gradients are summed, and so the rounding of the training that ``make demo``'s
-        numbers come from.
-        """
-        if torch.is_grad_enabled():
-            return {level: bcsm(*inputs[level], selection_maps)
-                    for level, bcsm in self.bcsm.items()}
-        pairs = {level: bcsm.sequences(*inputs[level]) for level, bcsm in self.bcsm.items()}
-        flat = [pair for level_pairs in pairs.values() for pair in level_pairs]
-        outputs = iter(run_mamba_stacks([stack for stack, _ in flat], [seq for _, seq in flat]))
-        scanned = {level: [next(outputs) for _ in level_pairs]
-                   for level, level_pairs in pairs.items()}
-        return {level: bcsm.select(*inputs[level], scanned[level].__getitem__, selection_maps)
-                for level, bcsm in self.bcsm.items()}

@@ -201,7 +201,16 @@ class Trainer(DefaultTrainer):
     @classmethod
     def test(cls, cfg, model, evaluators=None):
         """Standard evaluation, plus the auditory-illusion passes when TEST.AVS.ILLUSION is on:
-        the same clips with silenced audio and with another clip's audio."""
+        the same clips with silenced audio and with another clip's audio.
+
+        Runs under ``torch.inference_mode`` (detectron2's loop only turns gradients off):
+        fewer bookkeeping steps per op, which SelM's many small ops (BCSM, CLEVER) feel.
+        """
+        with torch.inference_mode():
+            return cls._test(cfg, model, evaluators)
+
+    @classmethod
+    def _test(cls, cfg, model, evaluators):
         results = super().test(cfg, model, evaluators)
         if not cfg.TEST.AVS.ILLUSION:
             return results

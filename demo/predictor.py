@@ -86,7 +86,7 @@ class AVSPredictor:
             when ``MODEL.SELM.RETURN_SELECTION_MAPS`` is on. Labels, not K+1 probability maps,
             keep a long high-resolution AVSS clip within memory.
         """
-        with torch.no_grad():
+        with torch.inference_mode():
             return self.model([self.mapper(dict(dataset_dict, output_format="labels"))])[0]
 
 

@@ -74,6 +74,30 @@ def test_train_resume_and_evaluate(tiny_synth, tmp_path):
     assert (out / "avs_results_silenced.json").is_file() and (out / "avs_results_swapped.json").is_file()
 
 
+def test_evaluation_inside_training_runs_in_inference_mode_and_training_goes_on(
+        tiny_synth, tmp_path, monkeypatch):
+    """Trainer.test runs the model under torch.inference_mode; an evaluation in the middle of
+    training (EvalHook) must not leave anything behind that the next training steps trip on
+    (inference tensors cannot be saved for backward)."""
+    from selm_d2.evaluation.avs_evaluator import AVSEvaluator
+    from train_net import Trainer
+
+    modes = []
+    process = AVSEvaluator.process
+    monkeypatch.setattr(AVSEvaluator, "process", lambda self, inputs, outputs: modes.append(
+        torch.is_inference_mode_enabled()) or process(self, inputs, outputs))
+    cfg = _cfg(tiny_synth, tmp_path, max_iter=4).clone()
+    cfg.defrost()
+    cfg.TEST.EVAL_PERIOD = 2
+    cfg.freeze()
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    assert torch.load(tmp_path / "model_final.pth")["iteration"] == 3
+    # Evaluations at iterations 2 and 4 (the last), 5 test clips each, all in inference mode.
+    assert len(modes) == 10 and all(modes)
+
+
 def test_swapped_audio_really_changes_the_audio(tiny_synth):
     from detectron2.data import DatasetCatalog
 

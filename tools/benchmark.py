@@ -22,7 +22,8 @@ and ``scaling.png`` (latency vs frames per clip) into ``--output-dir``. Sections
   fresh process.
 Latencies and scaling series are timed interleaved: one call of each side per round. A ratio
 is the median over rounds of that round's ratio, with its quartiles, so that a slow spell of a
-shared machine lands on both sides of it (``--latency-rounds``, default 15).
+shared machine lands on both sides of it (``--latency-rounds``, default 15). Inference is
+timed under ``torch.inference_mode``, as the demo's predictor and ``Trainer.test`` run it.
 Peak memory: CUDA max allocated on GPU; on CPU the process's peak RSS after each section.
 """
 import argparse
@@ -151,7 +152,7 @@ def bench_latency(device, repeats):
         clip = clip_input(5, 224)
         images = ((clip["image"].float() - model.pixel_mean.cpu()) / model.pixel_std.cpu()).to(device)
         audio = clip["audio"].to(device)
-        with torch.no_grad():
+        with torch.inference_mode():
             times = interleaved_rounds({"selm": lambda: model([clip]),
                                         "backbone": lambda: model.backbone(images),
                                         "encoders": lambda: _encoders_alone(model, images, audio)},
@@ -172,7 +173,7 @@ def bench_scaling(device, repeats):
 
     def series(shapes):
         clips = {shape: clip_input(*shape) for shape in shapes}
-        with torch.no_grad():
+        with torch.inference_mode():
             return interleaved({shape: (lambda c=clip: model([c])) for shape, clip in clips.items()},
                                device, repeats)
 
@@ -241,7 +242,7 @@ def bench_breakdown(device, repeats, frames=(5, 40)):
     for t in frames:
         clip = clip_input(t, 224)
         runs = []
-        with torch.no_grad():
+        with torch.inference_mode():
             model([clip])  # warm-up
             for _ in range(repeats):
                 timer.seconds = {}
@@ -381,7 +382,7 @@ def _avss_clip_peak(device, request):
         footprint = _proc_status_mb("VmRSS")
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset the peak RSS (VmHWM) to the current RSS
-    with torch.no_grad():
+    with torch.inference_mode():
         model([clip])
     if device == "cuda":
         torch.cuda.synchronize()

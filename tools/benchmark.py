@@ -410,9 +410,21 @@ def bench_avss_memory(device):
     return rows
 
 
+def _cpu_model():
+    """The CPU's model name (Linux: /proc/cpuinfo), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine_info(device):
     info = {"device": device, "torch": torch.__version__, "python": platform.python_version(),
-            "cpu": platform.processor() or platform.machine(), "cpu_threads": torch.get_num_threads()}
+            "cpu": _cpu_model(), "cpu_count": os.cpu_count(), "cpu_threads": torch.get_num_threads()}
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name(0)
     return info

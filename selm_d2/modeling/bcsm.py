@@ -39,6 +39,9 @@ Choices where the paper is silent:
   ``v2a`` (select audio only), ``off`` (identity; no selection map).
 - T^s feeds only CLEVER's audio cross-attention: with ``CLEVER.AUDIO_CROSS_ATTN`` off the
   V2A branch is not built (``effective_bcsm_mode``).
+
+``BCSMLevels`` holds one BCSM per CLEVER level; at inference it runs the Mamba stacks of all
+levels and both branches as one group (the same result with a sixth of the small ops).
 """
 import math
 

@@ -199,15 +199,15 @@ class BCSM(nn.Module):
             as ``forward``.
         """
         num_frames = feats.shape[1]
-        branch = iter(range(2))
         selected_audio = (audio if self.v2a is None else
-                          audio * self.v2a.weights(scanned(next(branch)), num_frames))
+                          audio * self.v2a.weights(scanned(0), num_frames))
         if self.a2v is None:
             return feats, selected_audio, None
+        a2v = scanned(0 if self.v2a is None else 1)  # sequences() lists V2A's stack first
         if self.a2v_selection == "spatial":
-            weight = self.a2v.weights(feats, scanned(next(branch)))
+            weight = self.a2v.weights(feats, a2v)
             return feats * weight.unsqueeze(2), selected_audio, weight
-        selected = feats * self.a2v.weights(scanned(next(branch)), num_frames)[..., None, None]
+        selected = feats * self.a2v.weights(a2v, num_frames)[..., None, None]
         return selected, selected_audio, selected.abs().mean(dim=2) if selection_map else None
 
     def forward(self, feats, audio, selection_map=True):

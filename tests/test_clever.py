@@ -195,6 +195,8 @@ def test_mix_block_is_upsample_then_concat_then_project():
                        align_corners=False)
     expected = block.proj(torch.cat([up, nxt], dim=1))
     torch.testing.assert_close(block(mixed, maps, nxt), expected, rtol=1e-4, atol=1e-5)
+    with torch.inference_mode():  # the CPU inference kernels (cpu_inference.py)
+        torch.testing.assert_close(block(mixed, maps, nxt), expected, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("num_queries,padding", [(1, False), (3, True)])

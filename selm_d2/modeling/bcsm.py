@@ -51,6 +51,7 @@ from torch.nn import functional as F
 
 from detectron2.config import configurable
 
+from .cpu_inference import Conv1x1
 from .mamba import MambaBlock, run_mamba_stacks
 
 __all__ = ["BCSM", "BCSMLevels", "BCSM_MODES", "A2V_SELECTIONS", "effective_bcsm_mode"]
@@ -103,7 +104,7 @@ class _SpatialA2VSeM(nn.Module):
         super().__init__()
         self.mamba = _mamba_stack(dim, num_blocks, mamba_kwargs)
         self.query = nn.Linear(dim, dim)
-        self.key = nn.Conv2d(dim, dim, kernel_size=1)
+        self.key = Conv1x1(dim, dim)
 
     def weights(self, feats, scanned):
         """feats [B, T, d, h, w]; scanned: ``self.mamba``'s output on the audio tokens

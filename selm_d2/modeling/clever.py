@@ -54,6 +54,8 @@ from torch.nn import functional as F
 from detectron2.config import configurable
 from detectron2.utils.registry import Registry
 
+from .cpu_inference import Conv1x1, conv1x1, upsample_bilinear
+
 __all__ = ["SELM_DECODER_REGISTRY", "build_selm_decoder", "CLEVERDecoder", "MaskHead",
            "MASK_HEADS", "semantic_log_probs", "sine_encoding_1d", "sine_encoding_2d"]
 
@@ -226,10 +228,9 @@ class _MixBlock(nn.Module):
         """mixed [N, d, h, w], maps [N, Nq, h, w], next_feats [N, d, H, W] -> [N, d, H, W]"""
         conv, norm_act = self.proj[0], self.proj[1:]
         prev_channels = mixed.shape[1] + maps.shape[1]
-        prev = F.conv2d(torch.cat([mixed, maps], dim=1), conv.weight[:, :prev_channels])
-        prev = F.interpolate(prev, size=next_feats.shape[-2:], mode="bilinear",
-                             align_corners=False)
-        return norm_act(prev + F.conv2d(next_feats, conv.weight[:, prev_channels:]))
+        prev = conv1x1(torch.cat([mixed, maps], dim=1), conv.weight[:, :prev_channels])
+        prev = upsample_bilinear(prev, next_feats.shape[-2:])
+        return norm_act(conv1x1(next_feats, conv.weight[:, prev_channels:], add=prev))
 
 
 class _MLP(nn.Sequential):
@@ -297,7 +298,7 @@ class MaskHead(nn.Module):
         self.decoder_norm = nn.LayerNorm(hidden_dim)
         self.mask_embed = _MLP(hidden_dim, 3)
         if kind == "mix":
-            self.to_logits = nn.Conv2d(num_queries, out_channels, kernel_size=1)
+            self.to_logits = Conv1x1(num_queries, out_channels)
         elif kind == "semantic":
             # Binary tasks: background and foreground are the two classes.
             self.class_embed = nn.Linear(hidden_dim, max(out_channels, 2))

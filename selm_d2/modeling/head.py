@@ -33,12 +33,13 @@ from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 
 from .bcsm import BCSM, BCSMLevels
 from .clever import build_selm_decoder
+from .cpu_inference import Conv1x1
 
 __all__ = ["SelMHead", "paired_audio_channels"]
 
 
 def _visual_projection(in_channels, dim):
-    return nn.Sequential(nn.Conv2d(in_channels, dim, kernel_size=1, bias=False),
+    return nn.Sequential(Conv1x1(in_channels, dim, bias=False),
                          nn.GroupNorm(math.gcd(32, dim), dim))
 
 

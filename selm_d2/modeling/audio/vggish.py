@@ -10,7 +10,7 @@ from torch import nn
 from detectron2.config import configurable
 
 from ..backbone.weights import load_checked_state_dict, read_weights_file
-from ..pooling import MaxPool2d
+from ..cpu_inference import MaxPool2d
 
 __all__ = ["VGGish", "load_vggish_weights"]
 

@@ -15,7 +15,7 @@ from detectron2.modeling.backbone.resnet import (
     ResNet,
 )
 
-from ..pooling import MaxPool2d
+from ..cpu_inference import MaxPool2d
 from .weights import load_checked_state_dict, read_weights_file
 
 logger = logging.getLogger(__name__)

@@ -142,3 +142,30 @@ def test_select_from_grouped_stacks_matches_forward(mode, selection):
             if mode in ("a2v", "bidirectional") and selection == "channel":
                 assert unmapped[2] is None
             torch.testing.assert_close(unmapped[0], ref[0], rtol=1e-5, atol=1e-5)
+
+
+def test_levels_keep_stacked_parameters_for_inference_only_until_train_or_eval():
+    """BCSMLevels keeps run_mamba_stacks' stacked parameters between inference calls (one
+    entry per depth for the group of all levels) and drops them on train()/eval(), so that
+    weights trained in between are read afresh."""
+    from selm_d2.modeling.bcsm import BCSMLevels
+
+    levels = BCSMLevels({name: _bcsm(pool_size=1) for name in ("res3", "res4")}).eval()
+    inputs = {name: tuple(t.detach() for t in _inputs()) for name in levels}
+    with torch.no_grad():
+        before = levels(inputs)
+    assert len(levels._stacked) == 2  # num_blocks=2 depths, one group of 4 stacks
+    levels.train()
+    assert not levels._stacked
+    levels(inputs)["res3"][0].sum().backward()  # gradients: in turn, nothing cached
+    assert not levels._stacked
+    with torch.no_grad():
+        for param in levels.parameters():
+            param.add_(0.05)
+    levels.eval()
+    with torch.no_grad():
+        after = levels(inputs)
+        expected = {name: bcsm(*inputs[name]) for name, bcsm in levels.items()}
+    for name in levels:
+        torch.testing.assert_close(after[name][0], expected[name][0], rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(after[name][0], before[name][0])

@@ -326,7 +326,8 @@ def test_run_mamba_stacks_runs_ungroupable_stacks_alone(monkeypatch):
     calls = []
     forward = mamba_module._mixer_forward
     monkeypatch.setattr(mamba_module, "_mixer_forward",
-                        lambda mixers, *a, **k: calls.append(len(mixers.mixers)) or
+                        lambda mixers, *a, **k: calls.append(
+                            mixers.stacked["A"].shape[0] if mixers.grouped else 1) or
                         forward(mixers, *a, **k))
     stacks = _stacks(2, depth=2) + _stacks(1, depth=1, seed=8)
     inputs = [torch.randn(1, 5, 16) for _ in stacks]
@@ -337,3 +338,37 @@ def test_run_mamba_stacks_runs_ungroupable_stacks_alone(monkeypatch):
     # Two grouped blocks of 2 layers; the depth-1 stack ran alone (one single-layer call),
     # then the three reference forwards above (2 + 2 + 1 single-layer calls).
     assert calls[:3] == [2, 2, 1] and calls[3:] == [1] * 5
+
+
+def test_run_mamba_stacks_keeps_stacked_parameters_until_one_changes():
+    """Without gradients the stacked parameters are made once per group and depth and kept in
+    the caller's cache; an in-place update of any parameter (an optimizer step,
+    load_state_dict) makes them again; with gradients the cache is not read."""
+    stacks = _stacks(3, depth=2)
+    inputs = [torch.randn(1, 5, 16) for _ in stacks]
+    cache = {}
+
+    def check():
+        outputs = run_mamba_stacks(stacks, inputs, cache)
+        for i, (stack, x, out) in enumerate(zip(stacks, inputs, outputs)):
+            _assert_close(out, stack(x), "stack {}".format(i))
+        return outputs
+
+    with torch.inference_mode():  # made here, the cached tensors must serve no_grad too
+        first = check()
+    entries = {key: params for key, (_, params) in cache.items()}
+    assert len(entries) == 2  # one group, two depths
+    assert not any(t.is_inference() for params in entries.values() for t in params.values())
+    with torch.no_grad():
+        check()
+        assert all(cache[key][1] is params for key, params in entries.items())  # reused
+        stacks[1][0].mixer.in_proj.weight.add_(0.5)
+        changed = check()
+    depth0 = tuple(id(block) for block in next(zip(*stacks)))
+    assert cache[depth0][1] is not entries[depth0]  # made again
+    assert not torch.allclose(changed[1], first[1])
+    _assert_close(changed[0], first[0], "unchanged stack")
+
+    outputs = run_mamba_stacks(stacks, inputs, cache)  # with gradients: stacked afresh
+    outputs[2].sum().backward()
+    assert stacks[2][0].mixer.in_proj.weight.grad is not None

@@ -414,8 +414,8 @@ def test_grouped_bcsm_at_inference_matches_each_level_in_turn(selection, monkeyp
     groups = []
     grouped_run = bcsm_module.run_mamba_stacks
     monkeypatch.setattr(bcsm_module, "run_mamba_stacks",
-                        lambda stacks, inputs: groups.append(len(stacks)) or
-                        grouped_run(stacks, inputs))
+                        lambda stacks, *args: groups.append(len(stacks)) or
+                        grouped_run(stacks, *args))
     with torch.no_grad():
         grouped = model(clips)
     with torch.enable_grad():

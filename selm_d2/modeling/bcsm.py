@@ -231,11 +231,21 @@ class BCSMLevels(nn.ModuleDict):
     """One BCSM per feature level, {level: BCSM}, run together.
 
     Without gradients, the Mamba stacks of all levels run as one group (``run_mamba_stacks``:
-    the same result with a sixth of the small ops for three levels' two branches). With
+    the same result, up to rounding, with a sixth of the small ops for three levels' two
+    branches). The stacked parameters are kept between calls (about the size of BCSM's own
+    parameters) until a parameter changes or ``train()``/``eval()`` is called. With
     gradients, each level's BCSM runs in turn: grouping would change the order in which
     gradients are summed, and so the rounding of the training that ``make demo``'s numbers
     come from.
     """
+
+    def __init__(self, modules=None):
+        super().__init__(modules)
+        self._stacked = {}  # run_mamba_stacks' cache of stacked parameters
+
+    def train(self, mode=True):
+        self._stacked.clear()
+        return super().train(mode)
 
     def forward(self, inputs, selection_maps=True):
         """
@@ -249,7 +259,8 @@ class BCSMLevels(nn.ModuleDict):
             return {level: bcsm(*inputs[level], selection_maps) for level, bcsm in self.items()}
         pairs = {level: bcsm.sequences(*inputs[level]) for level, bcsm in self.items()}
         flat = [pair for level_pairs in pairs.values() for pair in level_pairs]
-        outputs = iter(run_mamba_stacks([stack for stack, _ in flat], [seq for _, seq in flat]))
+        outputs = iter(run_mamba_stacks([stack for stack, _ in flat], [seq for _, seq in flat],
+                                        self._stacked))
         scanned = {level: [next(outputs) for _ in level_pairs]
                    for level, level_pairs in pairs.items()}
         return {level: bcsm.select(*inputs[level], scanned[level].__getitem__, selection_maps)

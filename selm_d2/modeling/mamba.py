@@ -128,38 +128,67 @@ class Mamba(nn.Module):
 class _Mixers:
     """One Mamba layer, or G layers of the same widths run as one group (``run_mamba_stacks``).
 
-    Grouped, activations carry a leading group dim, ``[G, B, ...]``, and each layer's
-    parameters are stacked along it; single, both are exactly the layer's own, so that a layer
-    alone runs the same ops as always.
+    Grouped, activations carry a leading group dim, ``[G, B, ...]``, and the layers'
+    parameters come stacked along it (``_stack_parameters``); single, both are exactly the
+    layer's own, so that a layer alone runs the same ops as always.
     """
 
-    def __init__(self, mixers):
-        self.mixers = list(mixers)
-        self.grouped = len(self.mixers) > 1
-        self.first = self.mixers[0]
+    def __init__(self, mixers, stacked=None):
+        self.first = mixers[0]
+        self.stacked = stacked
+        self.grouped = stacked is not None
 
     def linear(self, name, x, bias=True):
         """Linear layer ``name`` of every mixer on its own slice of x [(G,) ..., in]."""
         if not self.grouped:
             layer = getattr(self.first, name)
             return layer(x) if bias else F.linear(x, layer.weight)
-        return torch.stack([F.linear(x_g, getattr(m, name).weight,
-                                     getattr(m, name).bias if bias else None)
-                            for m, x_g in zip(self.mixers, x)])
+        weight = self.stacked[name]  # [G, in, out]
+        flat = x.reshape(x.shape[0], -1, x.shape[-1])
+        bias = self.stacked.get(name + ".bias") if bias else None
+        out = torch.bmm(flat, weight) if bias is None else torch.baddbmm(bias, flat, weight)
+        return out.view(*x.shape[:-1], weight.shape[-1])
 
-    def broadcast(self, get):
-        """``get(mixer)`` [*shape], or stacked as [G, 1, *shape] (broadcast over the batch)."""
+    def conv(self):
+        """The depthwise conv's weight [(G, 1,) d_inner, d_conv] and bias [(G, 1,) d_inner]
+        (or None), broadcast over the batch when grouped."""
         if not self.grouped:
-            return get(self.first)
-        values = [get(m) for m in self.mixers]
-        return None if values[0] is None else torch.stack(values)[:, None]
+            return self.first.conv1d.weight[:, 0], self.first.conv1d.bias
+        return self.stacked["conv1d.weight"], self.stacked.get("conv1d.bias")
 
-    def per_sequence(self, get, batch):
-        """``get(mixer)`` [*shape] shared by all sequences, or one per sequence of the flattened
-        group and batch, [G * batch, *shape]."""
+    def scan_parameters(self, batch):
+        """(A, D, delta_bias) for the scan: the layer's own [d_inner, d_state], [d_inner],
+        [d_inner], or when grouped one per sequence of the flattened group and batch."""
         if not self.grouped:
-            return get(self.first)
-        return torch.stack([get(m) for m in self.mixers]).repeat_interleave(batch, dim=0)
+            first = self.first
+            return -torch.exp(first.A_log.float()), first.D.float(), first.dt_proj.bias.float()
+        return tuple(self.stacked[name].repeat_interleave(batch, dim=0)
+                     for name in ("A", "D", "delta_bias"))
+
+
+def _stack_parameters(blocks):
+    """{name: tensor} of G ``MambaBlock``s' parameters stacked along a leading group dim, in
+    the layout the grouped path uses (linear weights transposed, [G, in, out]; per-batch
+    broadcasts [G, 1, ...]); differentiable when gradients are enabled."""
+    mixers = [block.mixer for block in blocks]
+
+    def stack(get, modules=mixers):
+        return torch.stack([get(m) for m in modules])
+
+    params = {
+        "norm.weight": stack(lambda b: b.norm.weight, blocks)[:, None, None],
+        "norm.bias": stack(lambda b: b.norm.bias, blocks)[:, None, None],
+        "conv1d.weight": stack(lambda m: m.conv1d.weight[:, 0])[:, None],
+        "A": -torch.exp(stack(lambda m: m.A_log.float())),
+        "D": stack(lambda m: m.D.float()),
+        "delta_bias": stack(lambda m: m.dt_proj.bias.float()),
+    }
+    for name in ("in_proj", "x_proj", "dt_proj", "out_proj"):
+        params[name] = stack(lambda m: getattr(m, name).weight.t())
+    for name in ("in_proj", "out_proj", "conv1d"):
+        if getattr(mixers[0], name).bias is not None:
+            params[name + ".bias"] = stack(lambda m: getattr(m, name).bias)[:, None]
+    return params
 
 
 def _mixer_forward(mixers, hidden_states, kernels=None):
@@ -170,8 +199,7 @@ def _mixer_forward(mixers, hidden_states, kernels=None):
         x = kernels.causal_conv1d_fn(x=x.contiguous(), weight=first.conv1d.weight.squeeze(1),
                                      bias=first.conv1d.bias, activation="silu")
     else:
-        x = F.silu(_causal_depthwise_conv(x, mixers.broadcast(lambda m: m.conv1d.weight[:, 0]),
-                                          mixers.broadcast(lambda m: m.conv1d.bias)))
+        x = F.silu(_causal_depthwise_conv(x, *mixers.conv()))
     dt, B, C = torch.split(mixers.linear("x_proj", x.transpose(-1, -2)),
                            [first.dt_rank, first.d_state, first.d_state], dim=-1)
     # dt_proj's bias is added inside the scan (delta_bias), as in mamba-ssm.
@@ -181,15 +209,12 @@ def _mixer_forward(mixers, hidden_states, kernels=None):
     def sequences(t):  # [(G,) B, n, L] -> [(G *) B, n, L]
         return t.flatten(0, -3)
 
-    batch = hidden_states.shape[-3]
+    A, D, delta_bias = mixers.scan_parameters(hidden_states.shape[-3])
     scan = selective_scan if kernels is None else kernels.selective_scan_fn
-    y = scan(sequences(x), sequences(dt),
-             mixers.per_sequence(lambda m: -torch.exp(m.A_log.float()), batch),
+    y = scan(sequences(x), sequences(dt), A,
              sequences(B.transpose(-1, -2)).contiguous(),
              sequences(C.transpose(-1, -2)).contiguous(),
-             mixers.per_sequence(lambda m: m.D.float(), batch), z=sequences(z),
-             delta_bias=mixers.per_sequence(lambda m: m.dt_proj.bias.float(), batch),
-             delta_softplus=True)
+             D, z=sequences(z), delta_bias=delta_bias, delta_softplus=True)
     return mixers.linear("out_proj", y.view(*lead, *y.shape[-2:]).transpose(-1, -2))
 
 
@@ -229,19 +254,24 @@ class MambaBlock(nn.Module):
         return x + self.mixer(self.norm(x))
 
 
-def run_mamba_stacks(stacks, inputs):
+def run_mamba_stacks(stacks, inputs, cache=None):
     """Independent stacks of ``MambaBlock`` (``nn.Sequential``), each on its own input.
 
     BCSM runs six such stacks per clip (two branches at each of three levels), on sequences of
     a few tokens, where a block's cost is its number of small ops rather than their size. So
     stacks of the same depth and widths whose inputs have the same shape run as one group:
-    every op runs once for the group, on the layers' parameters stacked (the linear layers
-    stay one product per layer). Outputs and gradients are those of running each stack alone
-    (up to rounding). Stacks that use the mamba-ssm kernels run alone.
+    every op runs once for the group, on the layers' parameters stacked (``_stack_parameters``;
+    a linear layer is one batched product). Outputs and gradients are those of running each
+    stack alone, up to rounding. Stacks that use the mamba-ssm kernels, and stacks with no
+    partner, run alone.
 
     Args:
         stacks: list of ``nn.Sequential`` of ``MambaBlock``.
         inputs: list of [B, L, d_model], one per stack.
+        cache: a dict owned by the caller, or None. Without gradients, the stacked parameters
+            are kept in it and made again only when a parameter changed (a new tensor, or an
+            in-place update such as an optimizer step or ``load_state_dict``). A caller that
+            changes parameters in other ways (``param.data`` in place) must clear it.
     Returns:
         list of [B, L, d_model], one per stack.
     """
@@ -253,20 +283,41 @@ def run_mamba_stacks(stacks, inputs):
         else:
             groups[_group_key(stack, x)].append(i)
     for members in groups.values():
+        if len(members) == 1:
+            outputs[members[0]] = stacks[members[0]](inputs[members[0]])
+            continue
         x = torch.stack([inputs[i] for i in members])
         for blocks in zip(*(stacks[i] for i in members)):
-            x = x + _mixer_forward(_Mixers(block.mixer for block in blocks), torch.stack(
-                [block.norm(x_g) for block, x_g in zip(blocks, x)]))
+            params = _group_parameters(blocks, cache)
+            normed = F.layer_norm(x, x.shape[-1:], eps=blocks[0].norm.eps)
+            normed = torch.addcmul(params["norm.bias"], normed, params["norm.weight"])
+            x = x + _mixer_forward(_Mixers([block.mixer for block in blocks], params), normed)
         for i, out in zip(members, x):
             outputs[i] = out
     return outputs
 
 
+def _group_parameters(blocks, cache):
+    """``_stack_parameters(blocks)``, from ``cache`` when gradients are disabled and none of
+    the parameters changed since it was stored."""
+    if cache is None or torch.is_grad_enabled():
+        return _stack_parameters(blocks)
+    key = tuple(id(block) for block in blocks)
+    state = tuple((p.data_ptr(), p._version) for block in blocks for p in block.parameters())
+    entry = cache.get(key)
+    if entry is None or entry[0] != state:
+        # Plain tensors, not inference tensors, so that a later no_grad call may read them too.
+        with torch.inference_mode(False), torch.no_grad():
+            entry = cache[key] = (state, _stack_parameters(blocks))
+    return entry[1]
+
+
 def _group_key(stack, x):
     """Stacks with equal keys can run as one group in ``run_mamba_stacks``."""
-    widths = tuple((m.d_model, m.d_inner, m.d_state, m.d_conv, m.dt_rank,
-                    m.conv1d.bias is not None, m.in_proj.bias is not None)
-                   for m in (block.mixer for block in stack))
+    widths = tuple((m.d_model, m.d_inner, m.d_state, m.d_conv, m.dt_rank, block.norm.eps,
+                    m.conv1d.bias is not None, m.in_proj.bias is not None,
+                    m.out_proj.bias is not None)
+                   for block, m in ((block, block.mixer) for block in stack))
     return tuple(x.shape), x.dtype, x.device, widths
 
 

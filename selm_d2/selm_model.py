@@ -236,10 +236,11 @@ class SelM(nn.Module):
                 raise ValueError("clip {}: {} frames but {} audio examples".format(
                     x.get("clip_id", "?"), num_frames, x["audio"].shape[0]))
         images = torch.stack([x["image"] for x in batched_inputs]).to(self.device)
-        images = ((images.float() - self.pixel_mean) / self.pixel_std).flatten(0, 1)
+        images = images.float().sub_(self.pixel_mean).div_(self.pixel_std).flatten(0, 1)
         height, width = images.shape[-2:]
         div = self.size_divisibility
-        images = F.pad(images, (0, -width % div, 0, -height % div))
+        if height % div or width % div:
+            images = F.pad(images, (0, -width % div, 0, -height % div))
         audio = torch.stack([x["audio"] for x in batched_inputs]).to(self.device).flatten(0, 1)
         valid = torch.stack([x.get("frame_valid", torch.ones(num_frames, dtype=torch.bool))
                              for x in batched_inputs]).to(self.device).bool()

@@ -207,16 +207,20 @@ def test_few_query_attention_matches_multihead_attention(num_queries, padding):
     torch.manual_seed(0)
     attn = torch.nn.MultiheadAttention(32, 4, batch_first=True).eval()
     torch.nn.init.normal_(attn.in_proj_bias)  # biases take part (the key bias cancels)
-    query, memory = torch.randn(2, num_queries, 32), torch.randn(2, 9, 32)
-    mask = None
-    if padding:
-        mask = torch.zeros(2, 9, dtype=torch.bool)
-        mask[0, 6:] = True
-    for memory_pos in (torch.randn(1, 9, 32), torch.randn(2, 9, 32)):  # shared, per clip
-        expected = attn(query, memory + memory_pos, memory, key_padding_mask=mask,
-                        need_weights=False)[0]
-        torch.testing.assert_close(_few_query_attention(attn, query, memory, memory_pos, mask),
-                                   expected, rtol=1e-4, atol=1e-5)
+    query = torch.randn(2, num_queries, 32)
+    # 9 keys; and a single key (self-attention of one query), whose weight is 1
+    for length in (9, 1):
+        memory = torch.randn(2, length, 32)
+        mask = None
+        if padding and length > 1:
+            mask = torch.zeros(2, length, dtype=torch.bool)
+            mask[0, 6:] = True
+        # positions shared by the batch, and per clip
+        for memory_pos in (torch.randn(1, length, 32), torch.randn(2, length, 32)):
+            expected = attn(query, memory + memory_pos, memory, key_padding_mask=mask,
+                            need_weights=False)[0]
+            got = _few_query_attention(attn, query, memory, memory_pos, mask)
+            torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_decoder_inference_matches_training_mode_attention():

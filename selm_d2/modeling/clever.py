@@ -45,6 +45,7 @@ Choices where the paper is silent:
   there, which is not implemented. With ``MASK_FUSION`` the stride-4 fusion is kept, so that
   only the cross-level reasoning is ablated.
 """
+import functools
 import math
 
 import torch
@@ -106,6 +107,17 @@ def sine_encoding_2d(height, width, dim, device):
     return grid.reshape(height * width, dim)
 
 
+@functools.lru_cache(maxsize=64)
+def _position_encoding(kind, shape, dim, device):
+    """``sine_encoding_1d`` of positions ``range(*shape)`` ("time") or ``sine_encoding_2d``
+    of a ``shape`` grid ("space"), made once per size: constants that every forward reads.
+    Plain tensors (not inference tensors), so that training may read them too."""
+    with torch.inference_mode(False), torch.no_grad():
+        if kind == "time":
+            return sine_encoding_1d(torch.arange(*shape, device=device), dim)
+        return sine_encoding_2d(*shape, dim, device)
+
+
 def _group_norm(channels):
     return nn.GroupNorm(math.gcd(32, channels), channels)
 
@@ -143,6 +155,7 @@ def _few_query_attention(attn, query, memory, memory_pos, key_padding_mask=None)
     1, ``sum_l a_l (v_l W_vh + b_vh) = (sum_l a_l v_l) W_vh + b_vh``. Cost O(Nq * H * L * d)
     instead of O(L * d^2) for L keys: less whenever Nq * H < d. The keys' position term is its
     own product, ``q (m + p)^T = q m^T + q p^T``, so ``memory + memory_pos`` is never formed.
+    With a single key the result is its value, whatever the query.
 
     Args:
         query [N, Nq, d]; memory [N, L, d]; memory_pos [N or 1, L, d];
@@ -154,6 +167,9 @@ def _few_query_attention(attn, query, memory, memory_pos, key_padding_mask=None)
     heads, head_dim = attn.num_heads, d // attn.num_heads
     w_q, w_k, w_v = attn.in_proj_weight.chunk(3)
     b_q, _, b_v = attn.in_proj_bias.chunk(3)
+    if memory.shape[1] == 1 and key_padding_mask is None:
+        # A single key (self-attention of the paper's one query) has weight 1: its value.
+        return attn.out_proj(F.linear(memory, w_v, b_v)).expand(n, nq, d)
     q = F.linear(query, w_q, b_q).view(n * nq, heads, head_dim).transpose(0, 1)
     # Per head, [H, N*Nq, e] @ [H, e, d]: each query head in key space, as [N, Nq*H, d].
     q = torch.bmm(q * head_dim ** -0.5, w_k.view(heads, head_dim, d))
@@ -426,7 +442,7 @@ class CLEVERDecoder(nn.Module):
         num_clips, num_frames = frame_valid.shape
         n = num_clips * num_frames
         device = frame_valid.device
-        temporal = sine_encoding_1d(torch.arange(num_frames, device=device), self.hidden_dim)
+        temporal = _position_encoding("time", (num_frames,), self.hidden_dim, device)
         queries = self.query_feat.weight[None].expand(n, -1, -1)
         query_pos = self.query_embed.weight[None] + temporal.repeat(num_clips, 1)[:, None]
         padding = (~frame_valid).repeat_interleave(num_frames, dim=0)  # [N, T]
@@ -442,7 +458,7 @@ class CLEVERDecoder(nn.Module):
             h, w = mixed.shape[-2:]
             tokens = (audio[level].repeat_interleave(num_frames, dim=0)  # [N, T, d]
                       if self.reads_audio else None)
-            video_pos = sine_encoding_2d(h, w, self.hidden_dim, device)[None]
+            video_pos = _position_encoding("space", (h, w), self.hidden_dim, device)[None]
             queries = layer(queries, query_pos, tokens, temporal[None], padding,
                             mixed.flatten(2).transpose(1, 2), video_pos)
             maps, logits = self.mask_head(queries, mixed)

@@ -69,8 +69,12 @@ class _ConvBranch(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x):
-        if self.depthwise:  # one fused op instead of a grouped convolution (CPU: ~1.5x faster)
-            x = torch.addcmul(self.conv.bias[:, None], x, self.conv.weight[:, 0])
+        if self.depthwise:
+            # One multiply-add instead of a grouped convolution (CPU: ~1.5x faster), in place on
+            # a buffer holding the bias: out-of-place, addcmul with a broadcast bias takes a
+            # slow CPU path ([5, 256, 3136]: 3.1 against 1.5 ms). Same values and gradients.
+            x = torch.empty_like(x).copy_(self.conv.bias[:, None]).addcmul_(
+                x, self.conv.weight[:, 0])
         else:
             x = self.conv(x)
         return self.dropout(F.gelu(x))

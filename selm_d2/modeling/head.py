@@ -145,10 +145,11 @@ class SelMHead(nn.Module):
              {level: BCSM selection map [B, T, h, w]} for levels that have one).
         """
         b, t = frame_valid.shape
-        # Padding frames are zeroed after the projections, as in the official AVSS model.
-        frame_mask = frame_valid.flatten().float()[:, None, None, None]
-        feats = {level: proj(features[level]) * frame_mask
-                 for level, proj in self.visual_proj.items()}
+        feats = {level: proj(features[level]) for level, proj in self.visual_proj.items()}
+        if not frame_valid.all():
+            # Padding frames are zeroed after the projections, as in the official AVSS model.
+            frame_mask = frame_valid.flatten().float()[:, None, None, None]
+            feats = {level: f * frame_mask for level, f in feats.items()}
         inputs = {}
         for level in self.bcsm:
             a = (self.audio_proj[level](audio_tokens[level], embedding)

@@ -65,6 +65,18 @@ def test_conv1x1_equals_conv2d(monkeypatch, bias, add):
     assert torch.equal(leaf.grad, ref_leaf.grad)
 
 
+def test_conv1x1_keeps_the_convolution_for_much_wider_inputs(monkeypatch):
+    """Where oneDNN's convolution is faster (C_in >= 2 C_out, e.g. R50's projections of 512 to
+    2048 channels to 256), conv1x1 is F.conv2d itself, to the bit."""
+    x, weight = _randn(2, 16, 3, 4), _randn(8, 16, 1, 1, seed=1)
+    calls = []
+    conv2d = F.conv2d
+    monkeypatch.setattr(cpu_inference.F, "conv2d",
+                        lambda *args: calls.append(1) or conv2d(*args))
+    with torch.inference_mode():
+        assert torch.equal(conv1x1(x, weight), conv2d(x, weight)) and calls == [1]
+
+
 def test_conv1x1_module_is_a_conv2d():
     """Same parameters and state-dict keys as nn.Conv2d(kernel_size=1): checkpoints move both
     ways; same outputs."""

@@ -13,10 +13,13 @@ Timings below: 2 threads on the project's 2-core CPU VM, torch 2.14.1, inputs of
   VGGish's first pool (``[5, 64, 96, 64]``) 7.9 against 2.4 ms. A maximum is exact: the same
   output to the bit. Training keeps the NCHW kernel: its backward was not faster, and where a
   window holds equal values (ReLU zeros) another kernel may pass the gradient to another one.
-- ``conv1x1`` / ``Conv1x1``: a 1x1 convolution as one batched matrix product per frame, instead
-  of oneDNN's convolution with its layout reorders. ``[5, 256, 28, 28]`` to 256 channels:
-  3.2-3.6 ms against 6.3-7.2 ms; the gain shrinks to about 10 % at 14² and above 512 input
-  channels. Sums in another order: outputs differ by rounding (about 1e-6 relative).
+- ``conv1x1`` / ``Conv1x1``: a 1x1 convolution that does not shrink the width much
+  (C_in < 2 C_out) as one batched matrix product per frame, instead of oneDNN's convolution
+  with its layout reorders. To 256 channels, paired ratios over 30 rounds: 0.55 at 128 input
+  channels and 28², 0.81-0.91 at 256-257 channels and 28², 0.89-0.98 at 256-320 channels and
+  14², 0.72 at 257 channels and 7²; but 1.02 at 512 channels and 28², 1.08 at 1024 and 14²,
+  1.16 at 2048 and 7², so wider inputs keep the convolution. Sums in another order: outputs
+  differ by rounding (about 1e-6 relative).
 - ``upsample_bilinear``: bilinear resizing (``align_corners=False``) as two products with the
   interpolation matrices, which ``F.interpolate`` itself computes (from an identity).
   ``[5, 256, 14, 14]`` to 28²: 0.5 ms against 1.9 ms (``F.interpolate`` of a 256-channel NCHW
@@ -47,7 +50,8 @@ class MaxPool2d(nn.MaxPool2d):
 
 
 def conv1x1(x, weight, bias=None, add=None):
-    """``F.conv2d(x, weight, bias)`` for a 1x1 kernel, plus ``add`` when given.
+    """``F.conv2d(x, weight, bias)`` for a 1x1 kernel, plus ``add`` when given (one batched
+    product at CPU inference when C_in < 2 C_out; see the module docstring).
 
     Args:
         x: [N, C_in, H, W]; weight: [C_out, C_in, 1, 1] (a slice of a larger weight is fine);
@@ -56,7 +60,7 @@ def conv1x1(x, weight, bias=None, add=None):
     Returns:
         [N, C_out, H, W]
     """
-    if not (_cpu_inference(x) and _cpu_inference(weight)):
+    if not (_cpu_inference(x) and _cpu_inference(weight) and x.shape[1] < 2 * weight.shape[0]):
         out = F.conv2d(x, weight, bias)
         return out if add is None else add + out
     n, c_in, h, w = x.shape

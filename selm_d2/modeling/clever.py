@@ -45,7 +45,6 @@ Choices where the paper is silent:
   there, which is not implemented. With ``MASK_FUSION`` the stride-4 fusion is kept, so that
   only the cross-level reasoning is ablated.
 """
-import functools
 import math
 
 import torch
@@ -105,17 +104,6 @@ def sine_encoding_2d(height, width, dim, device):
     grid = torch.cat([enc_y[:, None].expand(-1, width, -1), enc_x[None].expand(height, -1, -1)],
                      dim=2)
     return grid.reshape(height * width, dim)
-
-
-@functools.lru_cache(maxsize=64)
-def _position_encoding(kind, shape, dim, device):
-    """``sine_encoding_1d`` of positions ``range(*shape)`` ("time") or ``sine_encoding_2d``
-    of a ``shape`` grid ("space"), made once per size: constants that every forward reads.
-    Plain tensors (not inference tensors), so that training may read them too."""
-    with torch.inference_mode(False), torch.no_grad():
-        if kind == "time":
-            return sine_encoding_1d(torch.arange(*shape, device=device), dim)
-        return sine_encoding_2d(*shape, dim, device)
 
 
 def _group_norm(channels):
@@ -442,7 +430,7 @@ class CLEVERDecoder(nn.Module):
         num_clips, num_frames = frame_valid.shape
         n = num_clips * num_frames
         device = frame_valid.device
-        temporal = _position_encoding("time", (num_frames,), self.hidden_dim, device)
+        temporal = sine_encoding_1d(torch.arange(num_frames, device=device), self.hidden_dim)
         queries = self.query_feat.weight[None].expand(n, -1, -1)
         query_pos = self.query_embed.weight[None] + temporal.repeat(num_clips, 1)[:, None]
         padding = (~frame_valid).repeat_interleave(num_frames, dim=0)  # [N, T]
@@ -458,7 +446,7 @@ class CLEVERDecoder(nn.Module):
             h, w = mixed.shape[-2:]
             tokens = (audio[level].repeat_interleave(num_frames, dim=0)  # [N, T, d]
                       if self.reads_audio else None)
-            video_pos = _position_encoding("space", (h, w), self.hidden_dim, device)[None]
+            video_pos = sine_encoding_2d(h, w, self.hidden_dim, device)[None]
             queries = layer(queries, query_pos, tokens, temporal[None], padding,
                             mixed.flatten(2).transpose(1, 2), video_pos)
             maps, logits = self.mask_head(queries, mixed)

@@ -95,7 +95,7 @@ class Mamba(nn.Module):
 
     def forward(self, hidden_states):
         """hidden_states [B, L, d_model] -> [B, L, d_model]; causal along L."""
-        return _mixer_forward(_Mixers([self]), hidden_states, self._cuda_kernels(hidden_states))
+        return _mixer_forward(_Mixers(self), hidden_states, self._cuda_kernels(hidden_states))
 
     def _cuda_kernels(self, hidden_states):
         """mamba-ssm's kernels when this call should use them, else None (PyTorch scan)."""
@@ -133,8 +133,10 @@ class _Mixers:
     layer's own, so that a layer alone runs the same ops as always.
     """
 
-    def __init__(self, mixers, stacked=None):
-        self.first = mixers[0]
+    def __init__(self, first, stacked=None):
+        """first: the (first) layer, which gives the widths; stacked: ``_stack_parameters`` of
+        the group, or None for a single layer."""
+        self.first = first
         self.stacked = stacked
         self.grouped = stacked is not None
 
@@ -291,7 +293,7 @@ def run_mamba_stacks(stacks, inputs, cache=None):
             params = _group_parameters(blocks, cache)
             normed = F.layer_norm(x, x.shape[-1:], eps=blocks[0].norm.eps)
             normed = torch.addcmul(params["norm.bias"], normed, params["norm.weight"])
-            x = x + _mixer_forward(_Mixers([block.mixer for block in blocks], params), normed)
+            x = x + _mixer_forward(_Mixers(blocks[0].mixer, params), normed)
         for i, out in zip(members, x):
             outputs[i] = out
     return outputs

@@ -45,6 +45,7 @@ from selm_d2 import load_config
 from selm_d2.data import AVSClipDatasetMapper, check_num_classes
 from selm_d2.data.datasets import register_dataset_specs
 from selm_d2.evaluation import AVSEvaluator, model_output_request
+from selm_d2.hooks import BackboneFreeze
 from selm_d2.modeling.pretrained import load_pretrained_encoders
 
 logger = logging.getLogger("selm_d2.train_net")
@@ -92,6 +93,13 @@ class Trainer(DefaultTrainer):
             load_pretrained_encoders(_unwrap(self.model), self.cfg)
         super().resume_or_load(resume=resume)
 
+    def build_hooks(self):
+        hooks = super().build_hooks()
+        if self.cfg.SOLVER.BACKBONE_FREEZE_ITERS > 0:
+            # Before the checkpointer and the writers, so they see the step it shaped.
+            hooks.insert(1, BackboneFreeze(self.cfg.SOLVER.BACKBONE_FREEZE_ITERS))
+        return hooks
+
     @classmethod
     def build_train_loader(cls, cfg):
         check_num_classes(cfg, cfg.DATASETS.TRAIN)
@@ -130,8 +138,8 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_optimizer(cls, cfg, model):
-        """AdamW/SGD with per-module LR multipliers and no weight decay on norms, embeddings
-        and Mamba's ``A_log``/``D`` (marked ``_no_weight_decay`` as mamba-ssm does)."""
+        """AdamW/SGD with per-module LR multipliers; norm layers get SOLVER.WEIGHT_DECAY_NORM,
+        every other parameter SOLVER.WEIGHT_DECAY (the authors' AdamW: one decay for all)."""
         base_lr = cfg.SOLVER.BASE_LR
         multipliers = {"backbone.": cfg.SOLVER.BACKBONE_MULTIPLIER, "audio_encoder.": cfg.SOLVER.AUDIO_MULTIPLIER}
         # One group per (lr, weight decay): the optimizers' multi-tensor (foreach) paths then
@@ -150,8 +158,6 @@ class Trainer(DefaultTrainer):
                 weight_decay = cfg.SOLVER.WEIGHT_DECAY
                 if isinstance(module, _NORM_TYPES):
                     weight_decay = cfg.SOLVER.WEIGHT_DECAY_NORM
-                elif isinstance(module, torch.nn.Embedding) or getattr(value, "_no_weight_decay", False):
-                    weight_decay = 0.0
                 groups.setdefault((lr, weight_decay), []).append(value)
         params = [{"params": values, "lr": lr, "weight_decay": weight_decay}
                   for (lr, weight_decay), values in groups.items()]
@@ -228,7 +234,7 @@ class Trainer(DefaultTrainer):
 def create_ddp_model(model):
     """DistributedDataParallel when there are several processes, on CUDA (NCCL) or CPU (gloo).
 
-    SelM builds only modules whose outputs reach the loss, so no find_unused_parameters.
+    Every trainable parameter of SelM reaches the loss, so no find_unused_parameters.
     Unlike detectron2's DefaultTrainer, buffers are broadcast from rank 0 (DDP's default): with
     BatchNorm (the AVS-Synth configs) each rank would otherwise keep running statistics of its
     own batches, and evaluation during training would score every rank's clips with other

@@ -80,10 +80,10 @@ def _text(canvas, text, x, y):
 
 
 def draw_strip(drawn, level):
-    """One picture of the clip: a column per second; rows frame, mask and the BCSM selection
-    map of decoder level `level`."""
+    """One picture of the clip: a column per second; rows frame, mask and the CLEVER hit map
+    (pixels assigned to the audio token) of decoder layer `level`."""
     rows = [("frame", [f["frame"] for f in drawn]), ("mask", [f["overlay"] for f in drawn]),
-            ("BCSM " + level, [f["heatmaps"][level] for f in drawn])]
+            ("hit map", [f["heatmaps"][level] for f in drawn])]
     # Seconds are written below the pictures: the page draws its buttons over the top edge.
     gap, label_w, footer_h = 4, 84, 20
     tiles = [[_tile(image, STRIP_TILE_PX) for image in images] for _, images in rows]
@@ -199,7 +199,7 @@ class SelMApp:
         drawn = draw_clip(clip.frames, output, self.metadata)
         overlays = [enlarge(f["overlay"], VIDEO_MIN_SIDE_PX) for f in drawn]
         return {"video": encode_video(overlays, video_path, audio=sound),
-                "strip": draw_strip(drawn, finest_level(output["selection_maps"])),
+                "strip": draw_strip(drawn, finest_level(output["hit_maps"])),
                 "summary": summarize(drawn, self.metadata)}
 
     def run(self, video, frames, audio, mute, swap, progress=lambda *args, **kwargs: None):
@@ -322,7 +322,7 @@ def get_parser():
 def main(argv=None):
     args = get_parser().parse_args(argv)
     setup_logger(name="selm_d2")
-    cfg = setup_cfg(args.config_file, args.opts, selection_maps=True)
+    cfg = setup_cfg(args.config_file, args.opts, hit_maps=True)
     app = SelMApp(cfg)
     examples = example_clips(cfg, args.examples)
     page = build_page(app, examples)

@@ -9,7 +9,7 @@
 padded to the config's length as the data pipeline does (``predictor.fit_clip_length``).
 Writes ``frame_<k>.png`` overlays, ``mask_<k>.png`` label maps, ``overlay.mp4`` with the clip's
 sound when ffmpeg is installed (the ``[app]`` extra, as for the web demo), and with
-``--heatmaps`` the BCSM selection maps (paper Fig. 5) as ``heatmap_<level>_<k>.png``.
+``--heatmaps`` CLEVER's hit maps (pixels assigned to the audio token) as ``heatmap_<layer>_<k>.png``.
 """
 import argparse
 import logging
@@ -42,7 +42,7 @@ def get_parser():
     parser.add_argument("--input", required=True, help="a folder of frames or a video file")
     parser.add_argument("--audio", required=True, help="the clip's audio (wav/flac)")
     parser.add_argument("--output", required=True, help="output folder")
-    parser.add_argument("--heatmaps", action="store_true", help="also draw BCSM selection maps")
+    parser.add_argument("--heatmaps", action="store_true", help="also draw CLEVER's hit maps")
     parser.add_argument("--fps", type=float, default=1.0,
                         help="frame rate of overlay.mp4 (1: one frame per second of sound, "
                              "in step with it)")
@@ -65,7 +65,7 @@ def write_video(frames_rgb, path, audio, fps):
 
 
 def run(args):
-    cfg = setup_cfg(args.config_file, args.opts, selection_maps=args.heatmaps)
+    cfg = setup_cfg(args.config_file, args.opts, hit_maps=args.heatmaps)
     predictor = AVSPredictor(cfg, allow_random_weights=args.allow_random_weights)
     metadata = metadata_for(cfg)
     os.makedirs(args.output, exist_ok=True)

@@ -30,15 +30,15 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp")
 _BINARY_COLOR = (1.0, 0.35, 0.1)
 
 
-def setup_cfg(config_file, opts, selection_maps=False):
+def setup_cfg(config_file, opts, hit_maps=False):
     """A frozen SelM config from a file and ``KEY VALUE`` overrides; on CPU when CUDA is absent.
 
     Args:
-        selection_maps: also return BCSM's selection maps (MODEL.SELM.RETURN_SELECTION_MAPS).
+        hit_maps: also return CLEVER's hit maps and BCSM's gates (MODEL.SELM.RETURN_MAPS).
     """
     cfg = load_config(config_file, opts)
-    if selection_maps:
-        cfg.MODEL.SELM.RETURN_SELECTION_MAPS = True
+    if hit_maps:
+        cfg.MODEL.SELM.RETURN_MAPS = True
     if not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
@@ -82,8 +82,8 @@ class AVSPredictor:
         Returns:
             dict: the model output for the clip at its original size: ``"sem_seg_labels"``
             [T, H0, W0] int64 (binary: 1 = sounding; AVSS: class index) and
-            ``"sem_seg_scores"`` [T, H0, W0] their probabilities, plus ``"selection_maps"``
-            when ``MODEL.SELM.RETURN_SELECTION_MAPS`` is on. Labels, not K+1 probability maps,
+            ``"sem_seg_scores"`` [T, H0, W0] their probabilities, plus ``"hit_maps"``
+            when ``MODEL.SELM.RETURN_MAPS`` is on. Labels, not K+1 probability maps,
             keep a long high-resolution AVSS clip within memory.
         """
         with torch.inference_mode():
@@ -187,8 +187,8 @@ def draw_prediction(frame_rgb, label_map, metadata):
 
 
 def draw_heatmap(frame_rgb, weight_map):
-    """Blend a [h, w] map (a BCSM selection map: weights in (0, 1) or, for channel selection,
-    feature energies) over the frame as a JET heat map, stretched to the map's own range."""
+    """Blend a [h, w] map (a CLEVER hit map: the pixels assigned to the audio token) over the
+    frame as a JET heat map, stretched to the map's own range."""
     height, width = frame_rgb.shape[:2]
     resized = cv2.resize(weight_map.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
     span = resized.max() - resized.min()
@@ -197,9 +197,9 @@ def draw_heatmap(frame_rgb, weight_map):
     return (0.5 * frame_rgb + 0.5 * heat).astype(np.uint8)
 
 
-def finest_level(selection_maps):
-    """The decoder level whose selection maps have the most cells (the most detailed map)."""
-    return max(selection_maps, key=lambda level: selection_maps[level][0].numel())
+def finest_level(hit_maps):
+    """The decoder layer whose hit maps have the most cells (the most detailed map)."""
+    return max(hit_maps, key=lambda level: hit_maps[level][0].numel())
 
 
 def draw_clip(frame_paths, output, metadata):
@@ -212,10 +212,10 @@ def draw_clip(frame_paths, output, metadata):
     Returns:
         list, per frame, of dicts: "frame" (RGB uint8 [H, W, 3]), "overlay" (the prediction
         drawn on it), "labels" (int64 [H, W]: 1 = sounding, or the AVSS class) and "heatmaps"
-        ({level: BCSM selection map drawn on the frame}; empty without selection maps).
+        ({layer: CLEVER hit map drawn on the frame}; empty without hit maps).
     """
     labels = output["sem_seg_labels"].cpu().numpy()
-    maps = output.get("selection_maps", {})
+    maps = output.get("hit_maps", {})
     drawn = []
     for k, path in enumerate(tqdm.tqdm(frame_paths, desc="drawing", unit="frame")):
         frame = read_image(path, format="RGB")

@@ -4,8 +4,7 @@ New keys live under SelM's own nodes (``MODEL.SELM``, ``MODEL.PVT``, ``INPUT.AVS
 ``TEST.AVS``) so they never collide with detectron2's, on v0.6 or main. The solver keys
 (``SOLVER.OPTIMIZER``, ``SOLVER.BACKBONE_MULTIPLIER``) follow Mask2Former's names.
 
-Where SelM has a paper-literal choice and a variant of ours, the default is the paper's
-(configs/Base-SelM.yaml); configs/Base-SelM-plus.yaml sets ours. The comments say which is which.
+The model defaults are the authors' SelM; a comment marks each SelM-D2 variant.
 """
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
@@ -14,26 +13,25 @@ from detectron2.config import get_cfg
 def add_selm_config(cfg):
     """Add SelM's keys (with defaults) to a detectron2 config, in place."""
     # ---------------------------------------------------------------- model
+    # The defaults are the authors' SelM (their released code, which made the paper's numbers
+    # and checkpoints); configs/ set the per-task values.
     cfg.MODEL.SELM = CN()
     # K, the number of sounding-object classes: 1 for S4/MS3 (binary), 70 for AVSS.
     # Outputs always carry K+1 channels, channel 0 = background.
     cfg.MODEL.SELM.NUM_CLASSES = 1
-    # Width of the fused features that BCSM and CLEVER work on.
+    # Width d of the audio tokens and of every level BCSM and CLEVER work on.
     cfg.MODEL.SELM.HIDDEN_DIM = 256
-    # Pretrained visual encoder weights loaded when the model is built (ImageNet):
+    # Pretrained visual encoder weights loaded at the start of training (ImageNet):
     # torchvision/detectron2 ResNet, original PVT-v2 or timm PVT-v2 files. "" = from scratch.
     # MODEL.WEIGHTS keeps its detectron2 meaning (a whole SelM checkpoint).
     cfg.MODEL.SELM.VISUAL_WEIGHTS = ""
-    # At inference, run the encoders (and DAM, which works frame by frame) on at most this many
-    # frames at a time; the outputs do not change. 0 = all frames of a batch at once.
-    cfg.MODEL.SELM.ENCODER_CHUNK_FRAMES = 8
-    # Return BCSM selection weight maps in inference outputs (for heat maps, paper Fig. 5).
-    cfg.MODEL.SELM.RETURN_SELECTION_MAPS = False
+    # Add CLEVER's hit maps and BCSM's audio gates to inference outputs (heat maps).
+    cfg.MODEL.SELM.RETURN_MAPS = False
 
-    # VGGish audio encoder (4 conv blocks, then fc layers).
+    # VGGish audio encoder (4 conv blocks, then fc layers), run whole on each log-mel example.
     cfg.MODEL.SELM.AUDIO = CN()
     cfg.MODEL.SELM.AUDIO.WEIGHTS = ""  # e.g. vggish-10086976.pth; "" = from scratch
-    cfg.MODEL.SELM.AUDIO.FREEZE = True  # AVSBench protocol; gradients still reach DAM
+    cfg.MODEL.SELM.AUDIO.FREEZE = True  # the authors keep VGGish frozen
     cfg.MODEL.SELM.AUDIO.CHANNELS = [64, 128, 256, 512]
     cfg.MODEL.SELM.AUDIO.FC_DIMS = [4096, 4096, 128]
 
@@ -43,29 +41,16 @@ def add_selm_config(cfg):
     cfg.MODEL.PVT.DROP_PATH_RATE = 0.1
     cfg.MODEL.PVT.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
 
-    # DAM: Dual Alignment Module, early audio-visual fusion between encoder stages.
+    # DAM: Dual Alignment Module, audio-visual fusion after every visual stage.
     cfg.MODEL.SELM.DAM = CN()
-    cfg.MODEL.SELM.DAM.MODE = "dual"  # none | add | concat | a2v | v2a | dual
-    cfg.MODEL.SELM.DAM.STAGES = ["res2", "res3", "res4", "res5"]
-    cfg.MODEL.SELM.DAM.DROPOUT = 0.1
-    # Conv1D of A2V/V2A's branch over feature positions (paper: "Conv1D", width unstated):
-    # "pointwise" (C x C, mixes channels) | "depthwise" (per-channel scale and shift).
-    cfg.MODEL.SELM.DAM.FEATURE_CONV = "pointwise"
+    cfg.MODEL.SELM.DAM.DROPOUT = 0.0
+    # "softmax" (the authors': with one audio token per frame the visual update does not
+    # depend on the audio) | "sigmoid" (variant: per pixel-token scores, so it does).
+    cfg.MODEL.SELM.DAM.AUDIO_ATTENTION = "softmax"
 
     # BCSM: Bidirectional Conditioned Selective Mechanism (stacked Mamba blocks).
     cfg.MODEL.SELM.BCSM = CN()
-    cfg.MODEL.SELM.BCSM.MODE = "bidirectional"  # off | a2v | v2a | bidirectional
     cfg.MODEL.SELM.BCSM.NUM_BLOCKS = 3
-    # Visual features are average-pooled to this grid per frame before the V2A Mamba scan
-    # (paper: "average pooling", no grid). 1: one token per frame, as the audio tokens of the
-    # mirrored A2V branch. 4 x 4 per frame made SelM-R50's BCSM 47.0 instead of 19.6 ms per
-    # 5-frame clip on CPU, at the same accuracy on AVS-Synth (README, "Speed changes and
-    # accuracy").
-    cfg.MODEL.SELM.BCSM.POOL_SIZE = 1
-    # How A2V-SeM's weights select the visual features: "channel" (paper: mirrors V2A-SeM,
-    # per-channel weights from the audio tokens) | "spatial" (ours: a spatial map from a
-    # query/key product of audio and visual features).
-    cfg.MODEL.SELM.BCSM.A2V_SELECTION = "channel"
 
     # Mamba blocks (mamba_ssm.modules.mamba_simple.Mamba hyper-parameters).
     cfg.MODEL.SELM.MAMBA = CN()
@@ -74,39 +59,27 @@ def add_selm_config(cfg):
     cfg.MODEL.SELM.MAMBA.D_CONV = 4
     cfg.MODEL.SELM.MAMBA.EXPAND = 2
 
-    # CLEVER: audio-visual Cross-LEVEl Reasoning decoder (Mask2Former-like), the decoder of
-    # SelMHead (MODEL.SEM_SEG_HEAD.NAME "SelMHead").
+    # CLEVER: audio-visual Cross-LEVEl Reasoning decoder (the authors' token grouping).
     cfg.MODEL.SELM.CLEVER = CN()
-    cfg.MODEL.SELM.CLEVER.NAME = "CLEVERDecoder"  # in selm_d2.modeling.SELM_DECODER_REGISTRY
-    cfg.MODEL.SELM.CLEVER.IN_FEATURES = ["res3", "res4", "res5"]  # decoded coarse to fine
-    # Final masks: "dot" (paper: one query per output channel, its dot product with the mixed
-    # features is the logit; NUM_QUERIES must be 1 for binary tasks, NUM_CLASSES + 1 for AVSS)
-    # | "mix" (ours: a 1x1 conv mixes the NUM_QUERIES query maps into the outputs)
-    # | "semantic" (Mask2Former's semantic inference: per-query class scores x query masks).
-    cfg.MODEL.SELM.CLEVER.MASK_HEAD = "dot"
-    # True (ours): the final masks are made at MASK_IN_FEATURE's stride after fusing it into the
-    # last layer's mixed features. False (paper): the last layer's masks are the final ones.
-    cfg.MODEL.SELM.CLEVER.MASK_FUSION = False
-    # Read only with MASK_FUSION: "res2" (stride 4) or, with a ResNet, "res1" (stride 2: conv1's
-    # activation before the max-pool).
-    cfg.MODEL.SELM.CLEVER.MASK_IN_FEATURE = "res2"
-    cfg.MODEL.SELM.CLEVER.NUM_QUERIES = 1  # paper: not given; "dot" fixes it (see MASK_HEAD)
-    cfg.MODEL.SELM.CLEVER.NHEADS = 8
-    cfg.MODEL.SELM.CLEVER.DIM_FEEDFORWARD = 2048
-    cfg.MODEL.SELM.CLEVER.DROPOUT = 0.0
-    cfg.MODEL.SELM.CLEVER.AUDIO_CROSS_ATTN = True  # False: paper Table 5 "w/o audio CA"
-    cfg.MODEL.SELM.CLEVER.VIDEO_CROSS_ATTN = True  # False: paper Table 5 "w/o video CA"
-    cfg.MODEL.SELM.CLEVER.CROSS_LEVEL = True  # False: single-level decoder, paper Table 3
+    cfg.MODEL.SELM.CLEVER.NAME = "CLEVER"  # in selm_d2.modeling.SELM_DECODER_REGISTRY
+    cfg.MODEL.SELM.CLEVER.NUM_TOKENS = 2
+    # Side of each layer's map, coarse to fine: INPUT.AVS.SIZE / 16, / 8, / 4.
+    cfg.MODEL.SELM.CLEVER.POS_EMBED_SIZES = [14, 28, 56]
+    # Per layer: the audio-carrying token attends to the audio tokens.
+    cfg.MODEL.SELM.CLEVER.AUDIO_LAYERS = [True, True, True]
+    cfg.MODEL.SELM.CLEVER.AUDIO_DROPOUT = 0.1
+    cfg.MODEL.SELM.CLEVER.GROUPING_DROPOUT = [0.1, 0.1, 0.0]
+    # 2x upsampling steps of the final (stride-4) map before the dynamic mask convolution.
+    cfg.MODEL.SELM.CLEVER.PROJECTOR_UPSAMPLES = 2
+    # The token also gives the mask a bias (authors: S4/MS3 yes, AVSS no).
+    cfg.MODEL.SELM.CLEVER.PROJECTOR_BIAS = True
+    # Gumbel noise in the pixel-to-token assignment at inference too (the authors'); False
+    # assigns each pixel to its most similar token (deterministic).
+    cfg.MODEL.SELM.CLEVER.INFERENCE_NOISE = True
 
-    # Losses (paper §4.5). A weight of 0 switches a term off (paper Table 8).
+    # Losses: mask DICE + BCE (binary) or CE (AVSS), plus a_i * DICE of CLEVER's hit maps.
     cfg.MODEL.SELM.LOSS = CN()
-    cfg.MODEL.SELM.LOSS.DICE_WEIGHT = 1.0
-    cfg.MODEL.SELM.LOSS.BCE_WEIGHT = 1.0  # S4/MS3, and AVSS with SEMANTIC "bce"
-    cfg.MODEL.SELM.LOSS.CE_WEIGHT = 1.0  # AVSS with SEMANTIC "ce" only
-    # AVSS (NUM_CLASSES > 1) losses: "bce" (paper: BCE on the one-hot K+1 channels, BCE_WEIGHT,
-    # + auxiliary DICE per channel) | "ce" (ours: softmax CE, CE_WEIGHT, + auxiliary CE).
-    cfg.MODEL.SELM.LOSS.SEMANTIC = "bce"
-    cfg.MODEL.SELM.LOSS.AUX_WEIGHTS = [0.001, 0.01, 0.1]  # a_1..a_3 of CLEVER layers
+    cfg.MODEL.SELM.LOSS.AUX_WEIGHTS = [0.001, 0.01, 0.1]  # a_1..a_3, coarse to fine
 
     # ---------------------------------------------------------------- input
     cfg.INPUT.DATASET_MAPPER_NAME = "avs_clip"
@@ -116,6 +89,9 @@ def add_selm_config(cfg):
     # 0 = no padding.
     cfg.INPUT.AVS.PAD_TO_FRAMES = 0
     cfg.INPUT.AVS.SIZE = 224  # test: resize to SIZE x SIZE; train: short edge, then crop
+    # Side of the training masks, which the logits are resized to; 0 = SIZE. The authors
+    # train on 224 x 224 masks when the frames are 448 x 448.
+    cfg.INPUT.AVS.MASK_SIZE = 0
     cfg.INPUT.AVS.CROP = "center"  # center | random (train only)
     cfg.INPUT.AVS.RANDOM_FLIP = False  # AVSBench trains without augmentation
     cfg.INPUT.AVS.SCALE_RANGE = [1.0, 1.0]  # random short-edge scale jitter (train only)
@@ -153,6 +129,9 @@ def add_selm_config(cfg):
     cfg.SOLVER.OPTIMIZER = "ADAMW"  # ADAMW | SGD
     cfg.SOLVER.BACKBONE_MULTIPLIER = 1.0  # LR multiplier of the visual encoder
     cfg.SOLVER.AUDIO_MULTIPLIER = 1.0  # LR multiplier of VGGish when unfrozen
+    # The visual encoder is frozen for this many iterations, then trained (the authors' MS3
+    # ResNet-50: 15 epochs).
+    cfg.SOLVER.BACKBONE_FREEZE_ITERS = 0
 
 
 def load_config(config_file, opts=()):

@@ -7,7 +7,7 @@
 3. at the same time its visual-only twin (same recipe, every clip hears silence), each with
    half of the CPU threads (tools/train_jobs.py); the twin's log is output/demo/visual_only.log;
 4. evaluate both after training (SelM also with silenced / swapped audio);
-5. draw overlays and BCSM heat maps of test clips into output/demo/overlays/ and a summary
+5. draw overlays and CLEVER hit maps of test clips into output/demo/overlays/ and a summary
    picture output/demo/summary.png; print and save the results table (output/demo/results.md).
 
 ``--seeds 0 1 2`` repeats 2-4 with each seed (``SEED``) and reports mean ± standard deviation
@@ -99,7 +99,7 @@ def render(out_root, num_clips, opts=()):
 
     cfg = load_config(os.path.join(REPO, CONFIG), list(opts) + [
         "MODEL.WEIGHTS", os.path.join(out_root, "selm", "model_final.pth"),
-        "MODEL.SELM.RETURN_SELECTION_MAPS", "True"])
+        "MODEL.SELM.RETURN_MAPS", "True"])
     cfg.freeze()
     predictor = AVSPredictor(cfg)
     metadata = metadata_for(cfg)
@@ -109,7 +109,7 @@ def render(out_root, num_clips, opts=()):
         out = predictor(clip)
         labels = out["sem_seg_labels"].cpu().numpy()
         gt = read_clip_masks(clip)
-        maps = out.get("selection_maps", {})
+        maps = out.get("hit_maps", {})
         finest = finest_level(maps) if maps else None
         row_pred, row_gt, row_heat = [], [], []
         for k, path in enumerate(clip["file_names"]):

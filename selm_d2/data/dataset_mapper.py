@@ -53,7 +53,7 @@ class AVSClipDatasetMapper:
     Output (T = frames after padding to `pad_to_frames`):
         "image": uint8 [T, 3, H, W] RGB 0..255 (the model normalises),
         "audio": float32 [T, 1, 96, 64] VGGish log-mel examples (zeros on padding frames),
-        "sem_seg": int64 [T, H, W]; binary 0/1 or AVSS class index; `ignore_label` on
+        "sem_seg": int64 [T, H, W] (or mask_size x mask_size); binary 0/1 or AVSS class index; `ignore_label` on
             unannotated and padding frames,
         "frame_mask_flags": bool [T] (frame has ground truth),
         "frame_valid": bool [T] (False = padding frame),
@@ -71,7 +71,7 @@ class AVSClipDatasetMapper:
     @configurable
     def __init__(self, is_train=True, *, size, crop, random_flip, scale_range, num_frames,
                  pad_to_frames, audio_source, short_audio_policy, sample_rate,
-                 resampler="resampy", ignore_label=IGNORE_LABEL):
+                 resampler="resampy", mask_size=0, ignore_label=IGNORE_LABEL):
         """
         NOTE: this interface is experimental.
 
@@ -89,6 +89,8 @@ class AVSClipDatasetMapper:
             sample_rate: the audio front-end's rate (INPUT.AVS.AUDIO.SAMPLE_RATE).
             resampler: "resampy" | "polyphase" for audio not at 16 kHz
                 (INPUT.AVS.AUDIO.RESAMPLER).
+            mask_size: side of "sem_seg" (nearest neighbour) when it differs from the frames'
+                (INPUT.AVS.MASK_SIZE; 0 = the frames' size).
             ignore_label: sem_seg value of unannotated pixels and frames.
         """
         if crop not in CROP_TYPES:
@@ -114,6 +116,7 @@ class AVSClipDatasetMapper:
         self.sample_rate = sample_rate
         self.resampler = resampler
         self.ignore_label = ignore_label
+        self.mask_size = mask_size
         if is_train:
             short_edges = (int(round(size * scale_range[0])), int(round(size * scale_range[1])))
             augmentations = [
@@ -146,6 +149,7 @@ class AVSClipDatasetMapper:
             "short_audio_policy": avs.AUDIO.SHORT_POLICY,
             "sample_rate": avs.AUDIO.SAMPLE_RATE,
             "resampler": avs.AUDIO.RESAMPLER,
+            "mask_size": avs.MASK_SIZE,
             "ignore_label": ignore_label,
         }
 
@@ -252,6 +256,10 @@ class AVSClipDatasetMapper:
         frames = np.stack([transforms.apply_image(frame) for frame in frames])
         masks = np.stack([transforms.apply_segmentation(mask) for mask in masks])
         frames, masks = self._pad_spatially(frames, masks)
+        if self.mask_size and masks.shape[1:] != (self.mask_size, self.mask_size):
+            resize = T.ResizeTransform(masks.shape[1], masks.shape[2], self.mask_size,
+                                       self.mask_size)
+            masks = np.stack([resize.apply_segmentation(mask) for mask in masks])
         audio = self._read_audio(dataset_dict, count)
         annotated = [path is not None for path in dataset_dict["sem_seg_file_names"]]
 
@@ -261,7 +269,7 @@ class AVSClipDatasetMapper:
         if pad:
             height, width = image.shape[-2:]
             image = torch.cat([image, image.new_zeros((pad, 3, height, width))])
-            sem_seg = torch.cat([sem_seg, sem_seg.new_full((pad, height, width),
+            sem_seg = torch.cat([sem_seg, sem_seg.new_full((pad,) + tuple(sem_seg.shape[1:]),
                                                            self.ignore_label)])
             # Zero features on padding frames, as the official AVSS loader.
             audio = torch.cat([audio, audio.new_zeros((pad,) + tuple(audio.shape[1:]))])

@@ -2,9 +2,9 @@
 (``SEM_SEG_HEADS_REGISTRY``) and the CLEVER decoder (``SELM_DECODER_REGISTRY``)."""
 from .audio import VGGish, load_vggish_weights
 from .backbone import StagedPVTv2, StagedResNet, load_visual_weights
-from .bcsm import A2V_SELECTIONS, BCSM, BCSM_MODES
-from .clever import MASK_HEADS, SELM_DECODER_REGISTRY, CLEVERDecoder, build_selm_decoder
+from .bcsm import BCSM
+from .clever import CLEVER, SELM_DECODER_REGISTRY, build_selm_decoder
 from .criterion import SelMCriterion
-from .dam import DAM_MODES, A2VBlock, DualAlignmentModule, V2ABlock, build_dam
+from .dam import DAM
 from .head import SelMHead
 from .mamba import Mamba, MambaBlock

@@ -1,227 +1,104 @@
-"""DAM: Dual Alignment Module (paper §4.2), early audio-visual fusion between encoder stages.
+"""DAM (Dual Alignment Module): early audio-visual fusion after every visual encoder stage.
 
-DAM sits after stage i of both encoders; its outputs feed stage i+1 of *both* encoders.
-Every variant here takes and returns the two encoders' native feature maps:
+The authors' DAM is a LAVT-style pixel-audio attention block that updates both modalities:
 
-    x_v: visual features [B*T, C_v, h, w]     x_a: audio features [B*T, C_a, h_a, w_a]
+    visual x [N, C, hw], audio a [N, d_a, L] (L audio tokens per frame; SelM has L = 1)
+    A2V: each pixel attends to the audio tokens; the attended audio, instance-normalised,
+         re-weights a projection of x; x <- x + gate(r) * r
+    V2A: each audio token attends to the pixels; a <- a + GELU(Conv1d(attended visual))
 
-Design choices where the paper is silent:
-
-- Audio tokens are the audio feature map average-pooled to one token per second, ``[B, T, C_a]``
-  (and visual tokens likewise, one per frame). The token-sequence Conv1D uses kernel size 1:
-  each second's audio re-weights its own frame. Temporal context is BCSM's job (Mamba over
-  time); a wider kernel would also let padding frames (AVSS clips padded to 10 frames) leak
-  into the last real frames.
-- The Conv1D over feature positions has no stated width: ``MODEL.SELM.DAM.FEATURE_CONV``
-  ``depthwise`` (the configs' choice: a scale and shift per channel, "light-weight") or
-  ``pointwise`` (C x C, about 1 GMAC per R50 stage and 5-frame clip).
-- Every variant is the identity at initialisation: the last layer of the conditioning branch
-  (the branch of the *other* modality) is zero-initialised and the re-weighting is residual,
-  ``F^a = F + F ⊙ W``. The encoders are ImageNet/AudioSet pretrained and each later stage
-  expects the statistics of the previous one; a plain ``F ⊙ W`` with a random ``W`` would
-  rescale every channel arbitrarily at step 0. With the zero init the gradient still reaches
-  the conditioning branch (``dW/d(cond) = the other branch's output``, non-zero), so the
-  alignment is learned from there.
-- The Table 4 baselines: the paper adds or concatenates F and T, average-pooling F and
-  repeating T to align them; here ``add`` is ``F + Linear(T)`` and ``concat`` is
-  ``F + Conv1x1([F, Linear(T)])``, T broadcast over positions, zero-initialised like DAM, the
-  audio features left unchanged.
-
-Variants (paper Tables 4 and 6), selected by :func:`build_dam` from ``MODEL.SELM.DAM.MODE``:
-``add``, ``concat`` (fusion baselines applied per stage), ``a2v`` (A2VBlock only),
-``v2a`` (V2ABlock only), ``dual`` (both, the paper's DAM); ``none`` builds nothing.
+With the authors' softmax over the audio tokens and one token per frame, the A2V attention
+is 1 everywhere: the attended audio is the same at every pixel, and the InstanceNorm over the
+pixels then makes it 0, so x's update does not depend on the audio ("softmax", the default:
+released checkpoints need it). ``audio_attention="sigmoid"`` scores every pixel-token pair on
+its own, so the audio reaches the visual features (a SelM-D2 variant).
 """
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["A2VBlock", "V2ABlock", "DualAlignmentModule", "AddFusion", "ConcatFusion",
-           "build_dam", "dam_writes", "DAM_MODES", "FEATURE_CONVS"]
+__all__ = ["DAM", "AUDIO_ATTENTIONS"]
+
+AUDIO_ATTENTIONS = ("softmax", "sigmoid")
 
 
-def _tokens(x, num_frames):
-    """[B*T, C, h, w] -> one token per frame, [B, C, T] (channels-first for Conv1d)."""
-    tokens = x.mean(dim=(2, 3))
-    return tokens.view(-1, num_frames, tokens.shape[1]).transpose(1, 2)
+def _conv(in_channels, out_channels, norm=False):
+    """Per-position linear map of [N, C, L] (Conv1d, kernel 1), optionally InstanceNorm'd."""
+    conv = nn.Conv1d(in_channels, out_channels, kernel_size=1)
+    return nn.Sequential(conv, nn.InstanceNorm1d(out_channels)) if norm else conv
 
 
-def _per_frame(tokens):
-    """[B, C, T] -> [B*T, C, 1, 1], broadcastable over a frame's positions."""
-    return tokens.transpose(1, 2).reshape(-1, tokens.shape[1], 1, 1)
-
-
-FEATURE_CONVS = ("pointwise", "depthwise")
-
-
-class _ConvBranch(nn.Module):
-    """Conv1D (kernel 1) -> GELU -> Dropout over [N, C_in, L] (a token sequence or flattened
-    positions). ``depthwise`` (C_in == C_out) gives each channel its own scale and shift
-    instead of mixing the channels."""
-
-    def __init__(self, in_channels, out_channels, dropout, zero_init=False, depthwise=False):
-        super().__init__()
-        self.conv = nn.Conv1d(in_channels, out_channels, kernel_size=1,
-                              groups=out_channels if depthwise else 1)
-        if zero_init:
-            nn.init.zeros_(self.conv.weight)
-            nn.init.zeros_(self.conv.bias)
-        self.depthwise = depthwise
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, x):
-        if self.depthwise:
-            # One multiply-add instead of a grouped convolution (CPU: ~1.5x faster), in place on
-            # a buffer holding the bias: out-of-place, addcmul with a broadcast bias takes a
-            # slow CPU path ([5, 256, 3136]: 3.1 against 1.5 ms). Same values and gradients.
-            x = torch.empty_like(x).copy_(self.conv.bias[:, None]).addcmul_(
-                x, self.conv.weight[:, 0])
-        else:
-            x = self.conv(x)
-        return self.dropout(F.gelu(x))
-
-
-class _ReweightBlock(nn.Module):
-    """Re-weights a feature map with a weight map conditioned on the other modality's tokens.
-
-    ``W = Branch_cond(tokens) ⊙ Branch_feat(F)`` (tokens broadcast over positions), then
-    ``F + F ⊙ W``. A2VBlock and V2ABlock are this block with the roles swapped.
-    ``feature_conv`` is Branch_feat's Conv1D: ``pointwise`` (C x C, mixes channels) or
-    ``depthwise`` (per channel).
-    """
-
-    def __init__(self, feat_channels, cond_channels, dropout, feature_conv="pointwise"):
-        super().__init__()
-        if feature_conv not in FEATURE_CONVS:
-            raise ValueError("MODEL.SELM.DAM.FEATURE_CONV={!r} is unknown: use one of {}".format(
-                feature_conv, ", ".join(FEATURE_CONVS)))
-        self.cond_branch = _ConvBranch(cond_channels, feat_channels, dropout, zero_init=True)
-        self.feat_branch = _ConvBranch(feat_channels, feat_channels, dropout,
-                                       depthwise=feature_conv == "depthwise")
-
-    def forward(self, feats, cond_tokens):
-        """
-        Args:
-            feats: [B*T, C_f, h, w] features to re-weight.
-            cond_tokens: [B, C_c, T] tokens of the other modality.
-        Returns:
-            [B*T, C_f, h, w]
-        """
-        n, c, h, w = feats.shape
-        cond = _per_frame(self.cond_branch(cond_tokens))  # [B*T, C_f, 1, 1]
-        weight = self.feat_branch(feats.flatten(2)).view(n, c, h, w).mul_(cond)
-        return torch.addcmul(feats, feats, weight)
-
-
-class A2VBlock(_ReweightBlock):
-    """Audio-to-visual alignment: audio tokens re-weight the visual features."""
-
-    def __init__(self, visual_channels, audio_channels, dropout, feature_conv="pointwise"):
-        super().__init__(visual_channels, audio_channels, dropout, feature_conv)
-
-
-class V2ABlock(_ReweightBlock):
-    """Visual-to-audio alignment: visual tokens (frames average-pooled) re-weight the audio map."""
-
-    def __init__(self, visual_channels, audio_channels, dropout, feature_conv="pointwise"):
-        super().__init__(audio_channels, visual_channels, dropout, feature_conv)
-
-
-class DualAlignmentModule(nn.Module):
-    """DAM with either or both of its sub-blocks; both read the stage's un-aligned features."""
-
-    def __init__(self, visual_channels, audio_channels, dropout, a2v=True, v2a=True,
-                 feature_conv="pointwise"):
-        super().__init__()
-        self.a2v = (A2VBlock(visual_channels, audio_channels, dropout, feature_conv)
-                    if a2v else None)
-        self.v2a = (V2ABlock(visual_channels, audio_channels, dropout, feature_conv)
-                    if v2a else None)
-
-    def forward(self, x_v, x_a, num_frames):
-        """
-        Args:
-            x_v: [B*T, C_v, h, w] visual stage output.
-            x_a: [B*T, C_a, h_a, w_a] audio stage output.
-            num_frames: T.
-        Returns:
-            (x_v, x_a) aligned, same shapes.
-        """
-        out_v, out_a = x_v, x_a
-        if self.a2v is not None:
-            out_v = self.a2v(x_v, _tokens(x_a, num_frames))
-        if self.v2a is not None:
-            out_a = self.v2a(x_a, _tokens(x_v, num_frames))
-        return out_v, out_a
-
-
-class AddFusion(nn.Module):
-    """Ablation baseline: F + Linear(audio token), broadcast over positions; audio unchanged."""
-
-    def __init__(self, visual_channels, audio_channels, dropout):
-        super().__init__()
-        self.proj = nn.Linear(audio_channels, visual_channels)
-        nn.init.zeros_(self.proj.weight)
-        nn.init.zeros_(self.proj.bias)
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, x_v, x_a, num_frames):
-        audio = self.dropout(self.proj(x_a.mean(dim=(2, 3))))  # [B*T, C_v]
-        return x_v + audio[:, :, None, None], x_a
-
-
-class ConcatFusion(nn.Module):
-    """Ablation baseline: F + Conv1x1(concat(F, Linear(audio token) broadcast)); audio unchanged."""
-
-    def __init__(self, visual_channels, audio_channels, dropout):
-        super().__init__()
-        self.proj = nn.Linear(audio_channels, visual_channels)
-        self.fuse = nn.Conv2d(2 * visual_channels, visual_channels, kernel_size=1)
-        nn.init.zeros_(self.fuse.weight)
-        nn.init.zeros_(self.fuse.bias)
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, x_v, x_a, num_frames):
-        audio = self.dropout(self.proj(x_a.mean(dim=(2, 3))))[:, :, None, None]
-        fused = self.fuse(torch.cat([x_v, audio.expand_as(x_v)], dim=1))
-        return x_v + fused, x_a
-
-
-_FUSIONS = {"add": AddFusion, "concat": ConcatFusion}
-# What each mode re-weights: "visual" (A2V-style, conditioned on audio) and/or "audio" (V2A).
-_WRITES = {"none": (), "add": ("visual",), "concat": ("visual",), "a2v": ("visual",),
-           "v2a": ("audio",), "dual": ("visual", "audio")}
-DAM_MODES = tuple(_WRITES)
-
-
-def dam_writes(mode):
-    """The modalities DAM mode ``mode`` re-weights, a subset of {"visual", "audio"}.
-
-    Each direction reads the *other* modality's tokens.
-    """
-    if mode not in _WRITES:
-        raise ValueError("MODEL.SELM.DAM.MODE={!r} is unknown: use one of {}".format(
-            mode, ", ".join(DAM_MODES)))
-    return set(_WRITES[mode])
-
-
-def build_dam(mode, visual_channels, audio_channels, dropout, directions=None,
-              feature_conv="pointwise"):
-    """Builds the DAM variant for one stage pair, or returns None when it would do nothing.
+class DAM(nn.Module):
+    """One stage's DAM.
 
     Args:
-        mode: one of ``DAM_MODES``.
-        directions: the subset of ``dam_writes(mode)`` to build (default: all). SelM leaves
-            out a direction whose output nothing downstream reads.
-        feature_conv: Conv1D of the branch over feature positions in A2V/V2A, one of
-            ``FEATURE_CONVS`` (``MODEL.SELM.DAM.FEATURE_CONV``).
-    Every variant has ``forward(x_v, x_a, num_frames) -> (x_v, x_a)`` with unchanged shapes.
+        dim: visual channels C of the stage.
+        audio_dim: width d_a of the audio tokens (MODEL.SELM.HIDDEN_DIM).
+        dropout: after the visual projections.
+        audio_attention: "softmax" over the audio tokens (the authors') or "sigmoid".
     """
-    writes = dam_writes(mode)
-    directions = writes if directions is None else writes & set(directions)
-    if not directions:
-        return None
-    if mode in _FUSIONS:
-        return _FUSIONS[mode](visual_channels, audio_channels, dropout)
-    return DualAlignmentModule(visual_channels, audio_channels, dropout,
-                               a2v="visual" in directions, v2a="audio" in directions,
-                               feature_conv=feature_conv)
+
+    def __init__(self, dim, audio_dim, dropout=0.0, audio_attention="softmax"):
+        super().__init__()
+        if audio_attention not in AUDIO_ATTENTIONS:
+            raise ValueError("MODEL.SELM.DAM.AUDIO_ATTENTION={!r} is unknown: use one of {}"
+                             .format(audio_attention, ", ".join(AUDIO_ATTENTIONS)))
+        self.audio_attention = audio_attention
+        self.scale = dim ** -0.5
+        self.vis_project = nn.Sequential(_conv(dim, dim), nn.GELU(), nn.Dropout(dropout))
+        # A2V: pixel queries against audio keys, audio values.
+        self.vis_query = nn.Sequential(_conv(dim, dim, norm=True), _conv(dim, dim, norm=True))
+        self.audio_key = _conv(audio_dim, dim)
+        self.audio_value = _conv(audio_dim, dim)
+        self.vis_out = _conv(dim, dim, norm=True)
+        # Softmax over a single weight: the authors' learnable branch weights (always 1).
+        self.vis_weight = nn.Parameter(torch.ones(1))
+        # V2A: audio queries against pixel keys and values.
+        self.audio_query = nn.Sequential(_conv(audio_dim, dim), _conv(dim, audio_dim))
+        self.vis_key = _conv(dim, audio_dim, norm=True)
+        self.vis_value = _conv(dim, audio_dim, norm=True)
+        self.audio_out = _conv(audio_dim, audio_dim)
+        self.audio_weight = nn.Parameter(torch.ones(1))
+        self.out_conv = nn.Sequential(_conv(dim, dim), nn.GELU(), nn.Dropout(dropout))
+        self.gate = nn.Sequential(nn.Linear(dim, dim, bias=False), nn.ReLU(),
+                                  nn.Linear(dim, dim, bias=False), nn.Tanh())
+        self.audio_out_conv = nn.Sequential(_conv(audio_dim, audio_dim), nn.GELU())
+
+    def forward(self, x, audio, audio_mask):
+        """
+        Args:
+            x: [N, C, h, w] visual features of N frames.
+            audio: [N, d_a, L] audio tokens of the same frames.
+            audio_mask: [N, L, 1], 1 for real tokens, 0 for padding frames' tokens.
+        Returns:
+            (x [N, C, h, w], audio [N, d_a, L]), both updated.
+        """
+        n, c, h, w = x.shape
+        x = x.flatten(2)  # [N, C, hw]
+        mask = audio_mask.transpose(1, 2).to(x.dtype)  # [N, 1, L]
+        # Masked positions get -1e4 before the normalisation, as in the authors' code.
+        bias = 1e4 * mask - 1e4
+
+        # A2V: [N, hw, L] attention of each pixel over the audio tokens.
+        query = self.vis_query(x)
+        key = self.audio_key(audio) * mask
+        scores = query.transpose(1, 2) @ key * self.scale + bias
+        if self.audio_attention == "softmax":
+            attn = scores.softmax(dim=-1)
+        else:
+            attn = scores.sigmoid()
+        attn = attn * self.vis_weight.softmax(dim=0)
+        attended = (self.audio_value(audio) * mask) @ attn.transpose(1, 2)  # [N, C, hw]
+        vis = self.vis_project(x) * self.vis_out(attended)
+        residual = self.out_conv(vis)
+
+        # V2A: [N, L, hw] attention of each audio token over the pixels.
+        audio_query = self.audio_query(audio).transpose(1, 2) * audio_mask.to(x.dtype)
+        scores = audio_query @ self.vis_key(x) * self.scale + bias.transpose(1, 2)
+        attn = scores.softmax(dim=-1) * self.audio_weight.softmax(dim=0)
+        audio_residual = self.audio_out(self.vis_value(x) @ attn.transpose(1, 2))  # [N, d_a, L]
+
+        gate = self.gate(residual.transpose(1, 2)).transpose(1, 2)
+        x = x + gate * residual
+        audio = audio + self.audio_out_conv(audio_residual)
+        return x.view(n, c, h, w), audio

@@ -20,14 +20,10 @@ from torch.autograd.function import once_differentiable
 
 from detectron2.utils.logger import log_first_n
 
-__all__ = ["Mamba", "MambaBlock", "run_mamba_stacks", "selective_scan",
-           "selective_scan_ref"]
+__all__ = ["Mamba", "MambaBlock", "selective_scan", "selective_scan_ref"]
 
 # Most scan steps per chunk in ``selective_scan``, which takes about 2 * chunk_size +
-# L / chunk_size Python-level steps: the best value is near sqrt(L / 2). Measured on CPU
-# (d_inner = 256..512, d_state = 16): forward + backward at L = 1024, 16 and 32 tie and 64 is
-# ~10% slower; one inference Mamba block at BCSM's V2A length (L = 80) takes 3.5 ms with 16
-# against 3.9 ms with 32.
+# L / chunk_size Python-level steps: the best value is near sqrt(L / 2).
 DEFAULT_CHUNK_SIZE = 16
 
 _IMPLS = ("auto", "torch", "cuda")
@@ -95,7 +91,7 @@ class Mamba(nn.Module):
 
     def forward(self, hidden_states):
         """hidden_states [B, L, d_model] -> [B, L, d_model]; causal along L."""
-        return _mixer_forward(_Mixers(self), hidden_states, self._cuda_kernels(hidden_states))
+        return _mixer_forward(self, hidden_states, self._cuda_kernels(hidden_states))
 
     def _cuda_kernels(self, hidden_states):
         """mamba-ssm's kernels when this call should use them, else None (PyTorch scan)."""
@@ -125,99 +121,23 @@ class Mamba(nn.Module):
         return kernels
 
 
-class _Mixers:
-    """One Mamba layer, or G layers of the same widths run as one group (``run_mamba_stacks``).
-
-    Grouped, activations carry a leading group dim, ``[G, B, ...]``, and the layers'
-    parameters come stacked along it (``_stack_parameters``); single, both are exactly the
-    layer's own, so that a layer alone runs the same ops as always.
-    """
-
-    def __init__(self, first, stacked=None):
-        """first: the (first) layer, which gives the widths; stacked: ``_stack_parameters`` of
-        the group, or None for a single layer."""
-        self.first = first
-        self.stacked = stacked
-        self.grouped = stacked is not None
-
-    def linear(self, name, x, bias=True):
-        """Linear layer ``name`` of every mixer on its own slice of x [(G,) ..., in]."""
-        if not self.grouped:
-            layer = getattr(self.first, name)
-            return layer(x) if bias else F.linear(x, layer.weight)
-        weight = self.stacked[name]  # [G, in, out]
-        flat = x.reshape(x.shape[0], -1, x.shape[-1])
-        bias = self.stacked.get(name + ".bias") if bias else None
-        out = torch.bmm(flat, weight) if bias is None else torch.baddbmm(bias, flat, weight)
-        return out.view(*x.shape[:-1], weight.shape[-1])
-
-    def conv(self):
-        """The depthwise conv's weight [(G, 1,) d_inner, d_conv] and bias [(G, 1,) d_inner]
-        (or None), broadcast over the batch when grouped."""
-        if not self.grouped:
-            return self.first.conv1d.weight[:, 0], self.first.conv1d.bias
-        return self.stacked["conv1d.weight"], self.stacked.get("conv1d.bias")
-
-    def scan_parameters(self, batch):
-        """(A, D, delta_bias) for the scan: the layer's own [d_inner, d_state], [d_inner],
-        [d_inner], or when grouped one per sequence of the flattened group and batch."""
-        if not self.grouped:
-            first = self.first
-            return -torch.exp(first.A_log.float()), first.D.float(), first.dt_proj.bias.float()
-        return tuple(self.stacked[name].repeat_interleave(batch, dim=0)
-                     for name in ("A", "D", "delta_bias"))
-
-
-def _stack_parameters(blocks):
-    """{name: tensor} of G ``MambaBlock``s' parameters stacked along a leading group dim, in
-    the layout the grouped path uses (linear weights transposed, [G, in, out]; per-batch
-    broadcasts [G, 1, ...]); differentiable when gradients are enabled."""
-    mixers = [block.mixer for block in blocks]
-
-    def stack(get, modules=mixers):
-        return torch.stack([get(m) for m in modules])
-
-    params = {
-        "norm.weight": stack(lambda b: b.norm.weight, blocks)[:, None, None],
-        "norm.bias": stack(lambda b: b.norm.bias, blocks)[:, None, None],
-        "conv1d.weight": stack(lambda m: m.conv1d.weight[:, 0])[:, None],
-        "A": -torch.exp(stack(lambda m: m.A_log.float())),
-        "D": stack(lambda m: m.D.float()),
-        "delta_bias": stack(lambda m: m.dt_proj.bias.float()),
-    }
-    for name in ("in_proj", "x_proj", "dt_proj", "out_proj"):
-        params[name] = stack(lambda m: getattr(m, name).weight.t())
-    for name in ("in_proj", "out_proj", "conv1d"):
-        if getattr(mixers[0], name).bias is not None:
-            params[name + ".bias"] = stack(lambda m: getattr(m, name).bias)[:, None]
-    return params
-
-
-def _mixer_forward(mixers, hidden_states, kernels=None):
-    """Mamba's forward for one layer ([B, L, d_model]) or a group ([G, B, L, d_model])."""
-    first = mixers.first
-    x, z = mixers.linear("in_proj", hidden_states).transpose(-1, -2).chunk(2, dim=-2)
+def _mixer_forward(mamba, hidden_states, kernels=None):
+    """Mamba's forward, [B, L, d_model] -> [B, L, d_model]."""
+    x, z = mamba.in_proj(hidden_states).transpose(-1, -2).chunk(2, dim=-2)
     if kernels is not None and kernels.causal_conv1d_fn is not None:
-        x = kernels.causal_conv1d_fn(x=x.contiguous(), weight=first.conv1d.weight.squeeze(1),
-                                     bias=first.conv1d.bias, activation="silu")
+        x = kernels.causal_conv1d_fn(x=x.contiguous(), weight=mamba.conv1d.weight.squeeze(1),
+                                     bias=mamba.conv1d.bias, activation="silu")
     else:
-        x = F.silu(_causal_depthwise_conv(x, *mixers.conv()))
-    dt, B, C = torch.split(mixers.linear("x_proj", x.transpose(-1, -2)),
-                           [first.dt_rank, first.d_state, first.d_state], dim=-1)
+        x = F.silu(_causal_depthwise_conv(x, mamba.conv1d.weight[:, 0], mamba.conv1d.bias))
+    dt, B, C = torch.split(mamba.x_proj(x.transpose(-1, -2)),
+                           [mamba.dt_rank, mamba.d_state, mamba.d_state], dim=-1)
     # dt_proj's bias is added inside the scan (delta_bias), as in mamba-ssm.
-    dt = mixers.linear("dt_proj", dt, bias=False).transpose(-1, -2)  # [(G,) B, d_inner, L]
-    lead = x.shape[:-2]
-
-    def sequences(t):  # [(G,) B, n, L] -> [(G *) B, n, L]
-        return t.flatten(0, -3)
-
-    A, D, delta_bias = mixers.scan_parameters(hidden_states.shape[-3])
+    dt = F.linear(dt, mamba.dt_proj.weight).transpose(-1, -2)  # [B, d_inner, L]
+    A = -torch.exp(mamba.A_log.float())
     scan = selective_scan if kernels is None else kernels.selective_scan_fn
-    y = scan(sequences(x), sequences(dt), A,
-             sequences(B.transpose(-1, -2)).contiguous(),
-             sequences(C.transpose(-1, -2)).contiguous(),
-             D, z=sequences(z), delta_bias=delta_bias, delta_softplus=True)
-    return mixers.linear("out_proj", y.view(*lead, *y.shape[-2:]).transpose(-1, -2))
+    y = scan(x, dt, A, B.transpose(-1, -2).contiguous(), C.transpose(-1, -2).contiguous(),
+             mamba.D.float(), z=z, delta_bias=mamba.dt_proj.bias.float(), delta_softplus=True)
+    return mamba.out_proj(y.transpose(-1, -2))
 
 
 def _causal_depthwise_conv(x, weight, bias):
@@ -240,9 +160,9 @@ def _causal_depthwise_conv(x, weight, bias):
 
 
 class MambaBlock(nn.Module):
-    """The paper's Mamba block: Mamba with a residual connection and LayerNorm.
+    """BCSM's Mamba block, as the authors build it: ``y = LayerNorm(x); y + Mamba(y)``.
 
-    ``x + Mamba(LayerNorm(x))``, the pre-norm residual of mamba-ssm's ``Block``;
+    The residual adds the normalised input (mamba-ssm's ``Block`` adds the raw one);
     [B, L, d_model] -> [B, L, d_model]. ``mamba_kwargs`` go to ``Mamba`` (d_state, d_conv,
     expand, impl, ...).
     """
@@ -253,74 +173,8 @@ class MambaBlock(nn.Module):
         self.mixer = Mamba(d_model, **mamba_kwargs)
 
     def forward(self, x):
-        return x + self.mixer(self.norm(x))
-
-
-def run_mamba_stacks(stacks, inputs, cache=None):
-    """Independent stacks of ``MambaBlock`` (``nn.Sequential``), each on its own input.
-
-    BCSM runs six such stacks per clip (two branches at each of three levels), on sequences of
-    a few tokens, where a block's cost is its number of small ops rather than their size. So
-    stacks of the same depth and widths whose inputs have the same shape run as one group:
-    every op runs once for the group, on the layers' parameters stacked (``_stack_parameters``;
-    a linear layer is one batched product). Outputs and gradients are those of running each
-    stack alone, up to rounding. Stacks that use the mamba-ssm kernels, and stacks with no
-    partner, run alone.
-
-    Args:
-        stacks: list of ``nn.Sequential`` of ``MambaBlock``.
-        inputs: list of [B, L, d_model], one per stack.
-        cache: a dict owned by the caller, or None. Without gradients, the stacked parameters
-            are kept in it and made again only when a parameter changed (a new tensor, or an
-            in-place update such as an optimizer step or ``load_state_dict``). A caller that
-            changes parameters in other ways (``param.data`` in place) must clear it.
-    Returns:
-        list of [B, L, d_model], one per stack.
-    """
-    outputs = [None] * len(stacks)
-    groups = collections.defaultdict(list)
-    for i, (stack, x) in enumerate(zip(stacks, inputs)):
-        if stack[0].mixer._cuda_kernels(x) is not None:
-            outputs[i] = stack(x)
-        else:
-            groups[_group_key(stack, x)].append(i)
-    for members in groups.values():
-        if len(members) == 1:
-            outputs[members[0]] = stacks[members[0]](inputs[members[0]])
-            continue
-        x = torch.stack([inputs[i] for i in members])
-        for blocks in zip(*(stacks[i] for i in members)):
-            params = _group_parameters(blocks, cache)
-            normed = F.layer_norm(x, x.shape[-1:], eps=blocks[0].norm.eps)
-            normed = torch.addcmul(params["norm.bias"], normed, params["norm.weight"])
-            x = x + _mixer_forward(_Mixers(blocks[0].mixer, params), normed)
-        for i, out in zip(members, x):
-            outputs[i] = out
-    return outputs
-
-
-def _group_parameters(blocks, cache):
-    """``_stack_parameters(blocks)``, from ``cache`` when gradients are disabled and none of
-    the parameters changed since it was stored."""
-    if cache is None or torch.is_grad_enabled():
-        return _stack_parameters(blocks)
-    key = tuple(id(block) for block in blocks)
-    state = tuple((p.data_ptr(), p._version) for block in blocks for p in block.parameters())
-    entry = cache.get(key)
-    if entry is None or entry[0] != state:
-        # Plain tensors, not inference tensors, so that a later no_grad call may read them too.
-        with torch.inference_mode(False), torch.no_grad():
-            entry = cache[key] = (state, _stack_parameters(blocks))
-    return entry[1]
-
-
-def _group_key(stack, x):
-    """Stacks with equal keys can run as one group in ``run_mamba_stacks``."""
-    widths = tuple((m.d_model, m.d_inner, m.d_state, m.d_conv, m.dt_rank, block.norm.eps,
-                    m.conv1d.bias is not None, m.in_proj.bias is not None,
-                    m.out_proj.bias is not None)
-                   for block, m in ((block, block.mixer) for block in stack))
-    return tuple(x.shape), x.dtype, x.device, widths
+        x = self.norm(x)
+        return x + self.mixer(x)
 
 
 _CudaKernels = collections.namedtuple("_CudaKernels",
@@ -356,11 +210,9 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
 
     Args:
         u, delta: [B, D_in, L].
-        A: [D_in, N] (negative real part of the diagonal state matrix), or [B, D_in, N]: one
-            per sequence (``run_mamba_stacks`` scans several layers' sequences as one batch).
+        A: [D_in, N] (negative real part of the diagonal state matrix).
         B, C: [B, N, L] (input-dependent).
-        D: [D_in] or [B, D_in], or None. z: [B, D_in, L] or None. delta_bias: [D_in] or
-            [B, D_in], or None.
+        D: [D_in] or None. z: [B, D_in, L] or None. delta_bias: [D_in] or None.
     Returns:
         [B, D_in, L] in the dtype of ``u`` (computed in float32).
     """
@@ -402,8 +254,6 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         return F.pad(x.float(), pad).transpose(1, 2).contiguous()
 
     A = A.float().contiguous()
-    if A.dim() == 3:  # one A per sequence: [Bt, 1, D, N] broadcasts over the steps
-        A = A[:, None]
     y = _ChunkedSelectiveScan.apply(time_major(u), time_major(delta), A,
                                     time_major(B), time_major(C), size)
     y = y[:, :length].transpose(1, 2)
@@ -430,8 +280,7 @@ def _skip_and_gate(y, u, D, z):
 class _ChunkedSelectiveScan(torch.autograd.Function):
     """y_t = C_t . h_t with h_t = exp(delta_t A) * h_{t-1} + delta_t u_t B_t, h_{-1} = 0.
 
-    Inputs are time-major, L a multiple of ``size``: u, delta [Bt, L, D]; A [D, N] (shared)
-    or [Bt, 1, D, N] (one per sequence);
+    Inputs are time-major, L a multiple of ``size``: u, delta [Bt, L, D]; A [D, N];
     B, C [Bt, L, N]; returns y [Bt, L, D].
 
     The sequence is cut into K = L / size chunks and scanned in three phases with about

@@ -110,15 +110,9 @@ class StagedPVTv2(Backbone):
             "freeze_at": cfg.MODEL.BACKBONE.FREEZE_AT,
         }
 
-    @property
-    def stem_levels(self):
-        """No stem features: the first patch embedding belongs to res2."""
-        return {}
-
     def forward_stem(self, x):
-        """Identity: the first patch embedding belongs to res2 (as in the original PVT-v2).
-        Returns (x, {}), the stem's output and its ``stem_levels``."""
-        return x, {}
+        """Identity: the first patch embedding belongs to res2 (as in the original PVT-v2)."""
+        return x
 
     def forward_stage(self, name, x):
         """
@@ -134,11 +128,6 @@ class StagedPVTv2(Backbone):
             x = self.patch_embed(x)
         return self.stages[index](x)
 
-    def stage_modules(self, name):
-        """The modules of stage ``name``; res2 includes the first patch embedding."""
-        index = self.stage_names.index(name)
-        return [self.patch_embed, self.stages[0]] if index == 0 else [self.stages[index]]
-
     def forward(self, x):
         """
         Args:
@@ -152,7 +141,7 @@ class StagedPVTv2(Backbone):
                 "StagedPVTv2 takes [N, C, H, W] images, got shape {}.".format(tuple(x.shape))
             )
         outputs = {}
-        x, _ = self.forward_stem(x)
+        x = self.forward_stem(x)
         for name in self.stage_names:
             x = self.forward_stage(name, x)
             if name in self._out_features:

@@ -2,7 +2,6 @@
 import logging
 import re
 
-from torch.nn import functional as F
 
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
@@ -15,7 +14,6 @@ from detectron2.modeling.backbone.resnet import (
     ResNet,
 )
 
-from ..cpu_inference import MaxPool2d
 from .weights import load_checked_state_dict, read_weights_file
 
 logger = logging.getLogger(__name__)
@@ -71,9 +69,6 @@ class StagedResNet(ResNet):
             freeze_at (int): 1 freezes the stem, 2 the stem and res2, and so on.
         """
         super().__init__(stem, stages, out_features=out_features, freeze_at=freeze_at)
-        # BasicStem's max-pool as a module (no parameters), so that per-module timing and
-        # hooks see it inside the backbone.
-        self.stem_pool = MaxPool2d(kernel_size=3, stride=2, padding=1)
 
     @classmethod
     def from_config(cls, cfg, input_shape):
@@ -146,18 +141,9 @@ class StagedResNet(ResNet):
             "freeze_at": cfg.MODEL.BACKBONE.FREEZE_AT,
         }
 
-    @property
-    def stem_levels(self):
-        """Features the stem makes besides its output: ``res1``, the stride-2 activation of
-        conv1 before the max-pool (a mask level finer than res2; it has no VGGish partner)."""
-        return {"res1": ShapeSpec(channels=self.stem.out_channels, stride=2)}
-
     def forward_stem(self, x):
-        """[N, 3, H, W] image -> ([N, STEM_OUT_CHANNELS, H/4, W/4] the input of res2,
-        {"res1": [N, STEM_OUT_CHANNELS, H/2, W/2]})."""
-        # detectron2's BasicStem.forward, keeping the activation before its max-pool.
-        res1 = F.relu_(self.stem.conv1(x))
-        return self.stem_pool(res1), {"res1": res1}
+        """[N, 3, H, W] image -> [N, STEM_OUT_CHANNELS, H/4, W/4], the input of res2."""
+        return self.stem(x)
 
     def forward_stage(self, name, x):
         """Run stage ``name`` ("res2".."res5") on the previous stage's (or stem's) output."""
@@ -166,10 +152,6 @@ class StagedResNet(ResNet):
                 "StagedResNet has stages {}, not {!r}.".format(list(self.stage_names), name)
             )
         return getattr(self, name)(x)
-
-    def stage_modules(self, name):
-        """The modules of stage ``name`` (to freeze a stage whose output nothing reads)."""
-        return [getattr(self, name)]
 
     def load_pretrained(self, path):
         """

@@ -1,0 +1,174 @@
+"""SelM-D2's default configs against the authors' code (../shared/reference/selm_official).
+
+For each of the six released models: the authors' model is built with seeded random weights,
+its state dict (and a random VGGish) converted with ``selm_d2.official.convert_official``, and
+both are fed the same frames and log-mel examples. Inference must give the same mask logits
+and hit maps; one training step the same loss and the same gradient on every parameter.
+Both draw the decoder's Gumbel noise from the global generator, seeded alike before each call.
+"""
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from detectron2.modeling import build_model
+
+from selm_d2 import load_config
+from selm_d2.official import OFFICIAL_CONFIGS, convert_official, identify_official
+
+import official
+
+pytestmark = pytest.mark.slow
+
+CASES = sorted(OFFICIAL_CONFIGS)
+_FOLDERS = {"s4": "avs_s4", "ms3": "avs_ms3", "avss": "avss"}
+
+
+class Pair:
+    """The authors' model, its VGGish and SelM-D2 with the converted weights."""
+
+    def __init__(self, task, backbone):
+        official.require_official()
+        self.task, self.backbone = task, backbone
+        self.folder = _FOLDERS[task]
+        self.ref = official.build_official(self.folder, backbone, seed=0)
+        self.vggish = official.build_official_vggish(self.folder, seed=1)
+        self.cfg = load_config(OFFICIAL_CONFIGS[(task, backbone)], [
+            "MODEL.DEVICE", "cpu",
+            # The training step compares gradients: no dropout, no stochastic depth.
+            "MODEL.SELM.CLEVER.AUDIO_DROPOUT", "0.0",
+            "MODEL.SELM.CLEVER.GROUPING_DROPOUT", "[0.0, 0.0, 0.0]",
+            "MODEL.PVT.DROP_PATH_RATE", "0.0"])
+        self.model = build_model(self.cfg)
+        self.weights = convert_official(self.ref.state_dict(), self.vggish.state_dict())
+        self.model.load_state_dict(self.weights, strict=True)
+        self.num_frames = 10 if task == "avss" else 5
+
+    def clip(self, seed):
+        """One clip dict (uint8 frames, log-mel, masks) and the authors' normalised frames."""
+        g = torch.Generator().manual_seed(seed)
+        t, size = self.num_frames, self.cfg.INPUT.AVS.SIZE
+        mask_size = self.cfg.INPUT.AVS.MASK_SIZE or size
+        image = torch.randint(0, 256, (t, 3, size, size), generator=g, dtype=torch.uint8)
+        audio = torch.randn(t, 1, 96, 64, generator=g)
+        valid = torch.ones(t, dtype=torch.bool)
+        flags = torch.ones(t, dtype=torch.bool)
+        if self.task == "avss":
+            valid[7:] = False  # a 5-second clip padded to 10 frames would look like this
+            flags = valid.clone()
+            flags[1] = False
+            classes = torch.randint(0, 71, (4,), generator=g)
+            sem_seg = classes[torch.randint(0, 4, (t, mask_size, mask_size), generator=g)]
+        else:
+            sem_seg = (torch.rand(t, mask_size, mask_size, generator=g) > 0.6).long()
+            if self.task == "s4":  # S4 training clips annotate the first frame only
+                flags[1:] = False
+        sem_seg[~flags] = 255
+        mean = torch.tensor(self.cfg.MODEL.PIXEL_MEAN).view(-1, 1, 1)
+        std = torch.tensor(self.cfg.MODEL.PIXEL_STD).view(-1, 1, 1)
+        normalised = (image.float() - mean) / std
+        clip = {"image": image, "audio": audio, "frame_valid": valid, "sem_seg": sem_seg,
+                "frame_mask_flags": flags, "height": size, "width": size}
+        return clip, normalised
+
+    def run_reference(self, normalised, audio, valid):
+        embedding = self.vggish(audio)
+        if self.task == "avss":
+            return self.ref(normalised, embedding, valid.float())
+        return self.ref(normalised, embedding)
+
+    def reference_loss(self, output, maps, clip):
+        loss = official.load_task(self.folder).loss
+        sem_seg, flags = clip["sem_seg"], clip["frame_mask_flags"]
+        if self.task == "s4":
+            first = sem_seg[0:1].float()[:, None, None]
+            total, _ = loss.Seg_Loss(output, first, hitmaps=maps)
+        elif self.task == "ms3":
+            total, _ = loss.Seg_Loss(output, sem_seg.float()[:, None], hitmaps=maps)
+        else:
+            labels = sem_seg.clone()
+            labels[~flags] = 0  # frames without ground truth are weighted 0 by the flags
+            total, _ = loss.Seg_Loss(output, labels, flags.float(), loss_type="bce",
+                                     hitmaps=maps)
+        return total
+
+
+_PAIRS = {}
+
+
+@pytest.fixture(params=CASES, ids=["{}-{}".format(*c) for c in CASES])
+def pair(request):
+    # One pair at a time: a PVT-v2-b5 pair holds about 1.5 GB of weights.
+    if request.param not in _PAIRS:
+        _PAIRS.clear()
+        _PAIRS[request.param] = Pair(*request.param)
+    return _PAIRS[request.param]
+
+
+def test_identify_and_convert_without_leftovers(pair):
+    assert identify_official(pair.ref.state_dict()) == (pair.task, pair.backbone)
+    ddp = {"module." + k: v for k, v in pair.ref.state_dict().items()}
+    assert convert_official(ddp, pair.vggish.state_dict()).keys() == pair.weights.keys()
+    # load_state_dict(strict=True) in Pair checked that no key is missing or unexpected.
+
+
+def test_inference_matches_the_authors_code(pair):
+    clip, normalised = pair.clip(seed=1)
+    pair.ref.eval()
+    pair.model.eval()
+    valid = clip["frame_valid"]
+    with torch.no_grad():
+        torch.manual_seed(7)
+        ref_logits, _, ref_maps = pair.run_reference(normalised, clip["audio"], valid)
+        torch.manual_seed(7)
+        logits, maps, _ = pair.model.forward_logits(normalised, clip["audio"], valid[None])
+        outputs = pair.model([dict(clip, height=224, width=224)])
+    logits = F.interpolate(logits, size=ref_logits.shape[-2:], mode="bilinear",
+                           align_corners=True)
+    keep = valid
+    assert (logits[keep] - ref_logits[keep]).abs().max() <= 1e-4
+    assert len(maps) == len(ref_maps) == 3
+    for ours, theirs in zip(maps, ref_maps):
+        assert ours.shape == theirs.shape
+        assert (ours[keep] - theirs[keep]).abs().max() <= 1e-4
+    # The detectron2 output: probabilities of the real frames at the requested size.
+    probs = outputs[0]["sem_seg"]
+    assert probs.shape[0] == int(valid.sum()) and probs.shape[-2:] == (224, 224)
+
+
+def test_training_step_matches_the_authors_code(pair):
+    clip, normalised = pair.clip(seed=2)
+    pair.ref.train()
+    pair.ref.freeze(False)  # the authors' MS3 ResNet-50 is frozen only for its first epochs
+    for module in pair.ref.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+        if hasattr(module, "drop_prob"):
+            module.drop_prob = 0.0
+    pair.model.train()
+    pair.ref.zero_grad()
+    pair.model.zero_grad()
+
+    torch.manual_seed(11)
+    output, _, maps = pair.run_reference(normalised, clip["audio"], clip["frame_valid"])
+    ref_loss = pair.reference_loss(output, maps, clip)
+    ref_loss.backward()
+    torch.manual_seed(11)
+    losses = pair.model([clip])
+    loss = sum(losses.values())
+    loss.backward()
+
+    assert abs(loss.item() - ref_loss.item()) <= 1e-5 * abs(ref_loss.item())
+    ref_grads = convert_official({name: p.grad for name, p in pair.ref.named_parameters()
+                                  if p.grad is not None}, {})
+    checked = 0
+    for name, p in pair.model.named_parameters():
+        if not p.requires_grad:
+            assert name.startswith("audio_encoder.")  # VGGish is frozen on both sides
+            continue
+        theirs = ref_grads[name]
+        scale = theirs.abs().max().item()
+        assert p.grad is not None, name
+        assert (p.grad - theirs).abs().max().item() <= 1e-4 * scale + 1e-12, name
+        checked += 1
+    assert checked == sum(1 for p in pair.model.parameters() if p.requires_grad)

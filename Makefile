@@ -12,16 +12,17 @@ PY := $(VENV)/bin/python
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.selm_d2-installed
 
-.PHONY: install test demo bench app ablate clean-demo
+.PHONY: install test demo bench app clean-demo
 
 install: $(STAMP)
 
 # Re-runs only when the inputs of the install change (quick no-op otherwise).
-$(STAMP): setup.py tools/install_detectron2.py Makefile
+$(STAMP): setup.py tools/install_detectron2.py tools/fetch_mamba_reference.py Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check $(TORCH_PINS)
 	$(PY) tools/install_detectron2.py
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,app]'
+	$(PY) tools/fetch_mamba_reference.py
 	@$(PY) -c "import torch, detectron2, selm_d2; print('installed: torch', torch.__version__, '| detectron2', detectron2.__version__)"
 	@touch $(STAMP)
 
@@ -33,11 +34,6 @@ demo: install
 
 bench: install
 	$(PY) tools/benchmark.py
-
-# Paper Tables 3-8 on AVS-Synth MS3 (CPU recipe, seeds 0 1 2, two runs at a time): hours on
-# 2 CPU cores; resumable.
-ablate: install
-	$(PY) tools/ablate.py
 
 # The web demo on http://127.0.0.1:7860 with the AVS-Synth model of `make demo`; trains nothing.
 APP_CONFIG ?= configs/synth/ms3.yaml

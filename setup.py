@@ -33,7 +33,8 @@ setup(
         # The web demo (demo/app.py). gradio 6 accepts Pillow 9 (detectron2 v0.6 needs < 10);
         # imageio-ffmpeg bundles an ffmpeg binary: nothing is downloaded at run time.
         "app": ["gradio>=6.31,<7", "imageio-ffmpeg>=0.5"],
-        # selenium drives the system Chromium in tests/test_app.py.
-        "dev": ["pytest>=7", "selenium>=4.11"],
+        # selenium drives the system Chromium in tests/test_app.py; einops is imported by the
+        # SelM authors' code (and mamba-ssm's) that tests/official.py builds for parity tests.
+        "dev": ["pytest>=7", "selenium>=4.11", "einops"],
     },
 )

@@ -124,7 +124,8 @@ class SelM(nn.Module):
                 raise ValueError("clip {}: {} frames but {} audio examples".format(
                     x.get("clip_id", "?"), num_frames, x["audio"].shape[0]))
         images = torch.stack([x["image"] for x in batched_inputs]).to(self.device)
-        images = images.float().sub_(self.pixel_mean).div_(self.pixel_std).flatten(0, 1)
+        images = images.to(self.pixel_mean.dtype).sub_(self.pixel_mean).div_(self.pixel_std)
+        images = images.flatten(0, 1)
         audio = torch.stack([x["audio"] for x in batched_inputs]).to(self.device).flatten(0, 1)
         valid = torch.stack([x.get("frame_valid", torch.ones(num_frames, dtype=torch.bool))
                              for x in batched_inputs]).to(self.device).bool()

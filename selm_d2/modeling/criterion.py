@@ -89,7 +89,8 @@ class SelMCriterion(nn.Module):
         else:
             ce = F.cross_entropy(logits, targets, ignore_index=self.ignore_value,
                                  reduction="none")
-            losses["loss_ce"] = ce.flatten(1).mean(1).mean()
+            per_frame = ce.flatten(1).sum(1) / valid.flatten(1).sum(1).clamp(min=1)
+            losses["loss_ce"] = per_frame.mean()
         for i, (weight, maps) in enumerate(zip(self.aux_weights, hit_maps)):
             hit = F.interpolate(maps[frame_flags][:, -1:], size=targets.shape[-2:],
                                 mode="nearest")[:, 0]

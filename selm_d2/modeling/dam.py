@@ -47,7 +47,8 @@ class DAM(nn.Module):
         self.scale = dim ** -0.5
         self.vis_project = nn.Sequential(_conv(dim, dim), nn.GELU(), nn.Dropout(dropout))
         # A2V: pixel queries against audio keys, audio values.
-        self.vis_query = nn.Sequential(_conv(dim, dim, norm=True), _conv(dim, dim, norm=True))
+        self.vis_query = _conv(dim, dim, norm=True)
+        self.vis_query2 = _conv(dim, dim, norm=True)
         self.audio_key = _conv(audio_dim, dim)
         self.audio_value = _conv(audio_dim, dim)
         self.vis_out = _conv(dim, dim, norm=True)
@@ -72,33 +73,40 @@ class DAM(nn.Module):
             audio_mask: [N, L, 1], 1 for real tokens, 0 for padding frames' tokens.
         Returns:
             (x [N, C, h, w], audio [N, d_a, L]), both updated.
+
+        The ops and memory layouts are the authors' (pixels as [N, hw, C] tokens, the 1x1
+        convs on its transpose, attention as [N, 1, q, k] products). Their InstanceNorm of the
+        attended audio normalises a map that is constant over the pixels, so in training the
+        gradients carry its rounding, amplified by 1 / sqrt(eps): only the same ops on the same
+        layouts give the same gradients.
         """
         n, c, h, w = x.shape
-        x = x.flatten(2)  # [N, C, hw]
-        mask = audio_mask.transpose(1, 2).to(x.dtype)  # [N, 1, L]
-        # Masked positions get -1e4 before the normalisation, as in the authors' code.
-        bias = 1e4 * mask - 1e4
+        tokens = x.flatten(2).transpose(1, 2).contiguous()  # [N, hw, C]
+        x = tokens.transpose(1, 2)  # [N, C, hw], a view
+        mask = audio_mask.transpose(1, 2)  # [N, 1, L]
+        # Masked tokens get -1e4 before the normalisation, as in the authors' code.
+        bias = (1e4 * mask - 1e4)[:, None]  # [N, 1, 1, L]
+        vis = self.vis_project(x)
 
-        # A2V: [N, hw, L] attention of each pixel over the audio tokens.
-        query = self.vis_query(x)
-        key = self.audio_key(audio) * mask
-        scores = query.transpose(1, 2) @ key * self.scale + bias
-        if self.audio_attention == "softmax":
-            attn = scores.softmax(dim=-1)
-        else:
-            attn = scores.sigmoid()
-        attn = attn * self.vis_weight.softmax(dim=0)
-        attended = (self.audio_value(audio) * mask) @ attn.transpose(1, 2)  # [N, C, hw]
-        vis = self.vis_project(x) * self.vis_out(attended)
-        residual = self.out_conv(vis)
+        # A2V: each pixel attends to the audio tokens.
+        value = (self.audio_value(audio) * mask)[:, None]  # [N, 1, C, L]
+        query = self.vis_query2(self.vis_query(x).contiguous()).transpose(1, 2)[:, None]
+        key = (self.audio_key(audio) * mask)[:, None]  # [N, 1, C, L]
+        scores = self.scale * (query @ key) + bias  # [N, 1, hw, L]
+        attn = scores.softmax(dim=-1) if self.audio_attention == "softmax" else scores.sigmoid()
+        attn = self.vis_weight.softmax(dim=0) * attn
+        attended = (attn @ value.transpose(2, 3))[:, 0].contiguous().transpose(1, 2)
+        vis = self.out_conv(vis * self.vis_out(attended))  # [N, C, hw]
 
-        # V2A: [N, L, hw] attention of each audio token over the pixels.
-        audio_query = self.audio_query(audio).transpose(1, 2) * audio_mask.to(x.dtype)
-        scores = audio_query @ self.vis_key(x) * self.scale + bias.transpose(1, 2)
-        attn = scores.softmax(dim=-1) * self.audio_weight.softmax(dim=0)
-        audio_residual = self.audio_out(self.vis_value(x) @ attn.transpose(1, 2))  # [N, d_a, L]
+        # V2A: each audio token attends to the pixels.
+        audio_query = self.audio_query(audio).transpose(1, 2) * audio_mask  # [N, L, d_a]
+        key = self.vis_key(x)[:, None]  # [N, 1, d_a, hw]
+        scores = self.scale * (audio_query[:, None] @ key) + bias.transpose(2, 3)
+        attn = scores.softmax(dim=-1) * self.audio_weight.softmax(dim=0)  # [N, 1, L, hw]
+        value = self.vis_value(x)[:, None]  # [N, 1, d_a, hw]
+        attended = (attn @ value.transpose(2, 3))[:, 0].contiguous().transpose(1, 2)
+        audio = audio + self.audio_out_conv(self.audio_out(attended))
 
-        gate = self.gate(residual.transpose(1, 2)).transpose(1, 2)
-        x = x + gate * residual
-        audio = audio + self.audio_out_conv(audio_residual)
-        return x.view(n, c, h, w), audio
+        residual = vis.transpose(1, 2)  # [N, hw, C]
+        tokens = tokens + self.gate(residual) * residual
+        return tokens.transpose(1, 2).contiguous().view(n, c, h, w), audio

@@ -44,7 +44,7 @@ def pvt_cfg(variant="pvt_v2_b0", freeze_at=0, out=STAGES):
 
 def run_staged(backbone, x):
     feats = {}
-    x, _ = backbone.forward_stem(x)
+    x = backbone.forward_stem(x)
     for name in backbone.stage_names:
         x = backbone.forward_stage(name, x)
         feats[name] = x
@@ -60,6 +60,27 @@ def stage_module(backbone, name):
 def test_backbones_are_registered():
     assert BACKBONE_REGISTRY.get("StagedResNet") is StagedResNet
     assert BACKBONE_REGISTRY.get("StagedPVTv2") is StagedPVTv2
+
+
+def test_forward_stem_returns_the_input_of_res2():
+    """ResNet: conv1 (+ norm) -> ReLU -> 3x3/2 max-pool, written out with torch ops; PVT-v2:
+    the identity (its first patch embedding belongs to res2). A tensor, not a tuple."""
+    torch.manual_seed(0)
+    resnet = build_backbone(resnet_cfg(18, 16, 16)).eval()
+    x = torch.randn(2, 3, 65, 97)
+    with torch.no_grad():
+        stem = resnet.forward_stem(x)
+        conv = resnet.stem.conv1
+        bn = conv.norm
+        y = torch.nn.functional.conv2d(x, conv.weight, None, stride=2, padding=3)
+        y = torch.nn.functional.batch_norm(y, bn.running_mean, bn.running_var, bn.weight,
+                                           bn.bias, training=False, eps=bn.eps)
+        expected = torch.nn.functional.max_pool2d(torch.relu(y), 3, stride=2, padding=1)
+    assert isinstance(stem, torch.Tensor) and stem.shape == (2, 16, 17, 25)
+    torch.testing.assert_close(stem, expected)
+
+    pvt = build_backbone(pvt_cfg("pvt_v2_b0")).eval()
+    assert pvt.forward_stem(x) is x
 
 
 @pytest.mark.parametrize(

@@ -1,171 +1,151 @@
+"""BCSM (Bidirectional Conditioned Selective Mechanism) against the authors' BCSM.py."""
+import re
+
 import pytest
 import torch
 
-from detectron2.config import get_cfg
+from selm_d2.modeling.bcsm import BCSM
 
-from selm_d2.config import add_selm_config
-from selm_d2.modeling.bcsm import A2V_SELECTIONS, BCSM, BCSM_MODES
+import official
 
-D = 16
+MAMBA = dict(d_state=4, impl="torch")
 
 
-def _bcsm(mode="bidirectional", **kw):
+def _randomise(module, seed, scale=0.2):
+    """Move every parameter off its initialisation (LayerNorm 1/0, D = 1, ...)."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for param in module.parameters():
+            param.add_(scale * torch.randn_like(param))
+    return module
+
+
+def _features(b, t, d, sizes=((4, 4), (3, 3), (2, 2), (1, 1)), seed=1):
+    g = torch.Generator().manual_seed(seed)
+    feats = [torch.randn(b * t, d, h, w, generator=g) for h, w in sizes]
+    return feats, torch.randn(b, t, d, generator=g)
+
+
+def _their_name(name):
+    """The authors' parameter name -> ours (Encoder.layers.<j>.layernorm / mamba_block)."""
+    name = re.sub(r"_encoder\.(\d+)\.layers\.(\d+)\.", r"_encoder.\1.\2.", name)
+    return name.replace(".layernorm.", ".norm.").replace(".mamba_block.", ".mixer.")
+
+
+def test_one_clip_equals_the_authors_bcsm():
+    """At one clip per batch (T = 5, d = 256: both hard-coded in their code) the selected
+    features, the selected audio and the gradients equal the authors' module, whose Mamba
+    blocks are mamba-ssm's own (official.MambaRef)."""
+    official.require_official()
     torch.manual_seed(0)
-    args = dict(dim=D, mode=mode, num_blocks=2, pool_size=2,
-                mamba_kwargs={"d_state": 4, "impl": "torch"})
-    args.update(kw)
-    return BCSM(**args)
+    theirs = _randomise(official.load_task("avs_ms3").BCSM.BCSM(dim=256), seed=2,
+                        scale=0.02)
+    ours = BCSM(256, impl="torch")
+    ours.load_state_dict({_their_name(k): v for k, v in theirs.state_dict().items()},
+                         strict=True)
+    feats, audio = _features(1, 5, 256)
+    results = []
+    for module in (ours, theirs):
+        leaves = [f.clone().requires_grad_() for f in feats]
+        audio_leaf = audio.clone().requires_grad_()
+        selected, audio_out = module(leaves, audio_leaf)[:2]
+        if module is theirs:
+            selected = selected[::-1]  # theirs come back coarse to fine
+            audio_out = audio_out.view(1, 5, 256)  # [BT, d, 1]
+        loss = sum((s * s.detach().sign()).sum() for s in selected) + audio_out.square().sum()
+        loss.backward()
+        results.append((selected, audio_out, [x.grad for x in leaves], audio_leaf.grad,
+                        {n: p.grad for n, p in module.named_parameters()}))
+    (sel, aud, fgrad, agrad, pgrad), (ref_sel, ref_aud, ref_fgrad, ref_agrad, ref_pgrad) = results
+    for ours_t, theirs_t in zip(sel + [aud] + fgrad + [agrad], ref_sel + [ref_aud] + ref_fgrad +
+                                [ref_agrad]):
+        torch.testing.assert_close(ours_t, theirs_t, rtol=1e-4, atol=1e-5)
+    for name, grad in ref_pgrad.items():
+        torch.testing.assert_close(pgrad[_their_name(name)], grad, rtol=1e-4, atol=1e-5,
+                                   msg=name)
 
 
-def _inputs(b=2, t=5, hw=(3, 4)):
-    torch.manual_seed(1)
-    return (torch.randn(b, t, D, *hw, requires_grad=True),
-            torch.randn(b, t, D, requires_grad=True))
+def test_every_clip_is_computed_on_its_own():
+    """With two clips in the batch each clip's outputs equal those of the clip alone (the
+    authors' code mixes clips at levels 2-4 when a batch holds more than one: our deliberate
+    difference)."""
+    bcsm = _randomise(BCSM(16, num_blocks=2, **MAMBA), seed=3).eval()
+    feats, audio = _features(2, 5, 16)
+    with torch.no_grad():
+        together = bcsm(feats, audio)
+        for clip in range(2):
+            frames = slice(5 * clip, 5 * clip + 5)
+            alone = bcsm([f[frames] for f in feats], audio[clip:clip + 1])
+            for got, want in zip(together[0], alone[0]):
+                torch.testing.assert_close(got[frames], want, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(together[1][clip:clip + 1], alone[1],
+                                       rtol=1e-5, atol=1e-6)
+            for level in alone[2]:
+                torch.testing.assert_close(together[2][level][clip:clip + 1], alone[2][level],
+                                           rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("selection", A2V_SELECTIONS)
-@pytest.mark.parametrize("mode", BCSM_MODES)
 @pytest.mark.parametrize("t", [5, 10])
-def test_modes_shapes_and_gradients(mode, t, selection):
-    bcsm = _bcsm(mode, a2v_selection=selection)
-    feats, audio = _inputs(t=t)
-    f_sel, a_sel, selection_map = bcsm(feats, audio)
-    assert f_sel.shape == feats.shape and a_sel.shape == audio.shape
-    if mode in ("a2v", "bidirectional"):
-        assert bcsm.has_selection_map
-        assert selection_map.shape == (2, t, 3, 4)
-        if selection == "spatial":
-            assert ((selection_map > 0) & (selection_map < 1)).all()
-            assert torch.allclose(f_sel, feats * selection_map.unsqueeze(2))
-        else:
-            # Per-channel weights in (0, 1), the same at every position of a frame.
-            ratio = f_sel / feats
-            assert ((ratio > 0) & (ratio < 1)).all()
-            assert torch.allclose(ratio, ratio[..., :1, :1].expand_as(ratio), atol=1e-5)
-            assert torch.allclose(selection_map, f_sel.abs().mean(dim=2))
-    else:
-        assert selection_map is None and f_sel is feats
-    if mode in ("off", "a2v"):
-        assert a_sel is audio
-    else:
-        assert not torch.allclose(a_sel, audio)
-    if mode == "off":
-        assert len(list(bcsm.parameters())) == 0
-        return
-    (f_sel.square().sum() + a_sel.square().sum()).backward()
+def test_shapes_gates_and_selection(t):
+    """Shapes; the gates are SiLU outputs, [B, T, d] per level, and each level's features are
+    re-weighted per channel: F_i (1 + gate_i) (hand computation)."""
+    bcsm = _randomise(BCSM(16, num_levels=4, num_blocks=1, **MAMBA), seed=4)
+    feats, audio = _features(2, t, 16)
+    selected, audio_out, gates = bcsm(feats, audio)
+    assert [s.shape for s in selected] == [f.shape for f in feats]
+    assert audio_out.shape == audio.shape
+    assert sorted(gates) == [0, 1, 2, 3]
+    for i, f in enumerate(feats):
+        gate = gates[i]
+        assert gate.shape == (2, t, 16)
+        assert (gate >= -0.2785).all()  # SiLU's minimum
+        expected = f * (1 + gate.reshape(2 * t, 16, 1, 1))
+        torch.testing.assert_close(selected[i], expected)
+    # The selected audio is A (1 + g) with g the mean over levels of SiLU(Linear(v_i)): the
+    # ratio is the same for every clip-frame-channel whatever A is, so doubling A doubles it.
+    doubled = bcsm(feats, 2 * audio)[1]
+    torch.testing.assert_close(doubled, 2 * audio_out, rtol=1e-5, atol=1e-5)
+    (sum(s.sum() for s in selected) + audio_out.sum()).backward()
     assert all(p.grad is not None for p in bcsm.parameters())
-    assert feats.grad.abs().sum() > 0 and audio.grad.abs().sum() > 0
 
 
-def test_channel_selection_mirrors_v2a():
-    # The paper's A2V-SeM is V2A-SeM's mirror: the same stack and weight layer on audio tokens.
-    bcsm = _bcsm("bidirectional", a2v_selection="channel")
-    assert type(bcsm.a2v) is type(bcsm.v2a)
-    assert sorted(n for n, _ in bcsm.a2v.named_children()) == ["mamba", "to_weight"]
-    spatial = _bcsm("bidirectional", a2v_selection="spatial")
-    assert sorted(n for n, _ in spatial.a2v.named_children()) == ["key", "mamba", "query"]
-
-
-@pytest.mark.parametrize("selection", A2V_SELECTIONS)
-def test_selection_is_conditioned_on_the_other_modality(selection):
-    bcsm = _bcsm(a2v_selection=selection).eval()
-    feats, audio = _inputs()
-    _, _, weight = bcsm(feats, audio)
-    _, a_sel, weight2 = bcsm(feats, audio + 1.0)
-    assert not torch.allclose(weight, weight2)  # audio selects visual positions
-    _, a_sel2, _ = bcsm(feats + 1.0, audio)
-    assert not torch.allclose(a_sel, a_sel2)  # visual selects audio channels
-
-
-@pytest.mark.parametrize("selection", A2V_SELECTIONS)
-def test_trailing_frames_do_not_change_earlier_frames(selection):
-    # The scan is causal along time: trailing padding frames cannot leak into real frames.
-    bcsm = _bcsm(a2v_selection=selection).eval()
-    feats, audio = _inputs()
-    out = bcsm(feats, audio)
-    feats2, audio2 = feats.detach().clone(), audio.detach().clone()
-    feats2[:, 3:] += 5.0
-    audio2[:, 3:] -= 5.0
-    out2 = bcsm(feats2, audio2)
-    for a, b in zip(out, out2):
-        assert torch.allclose(a[:, :3], b[:, :3], atol=1e-5)
-
-
-def test_from_config_and_bad_mode():
-    cfg = get_cfg()
-    add_selm_config(cfg)
-    cfg.MODEL.SELM.HIDDEN_DIM = 16
-    cfg.MODEL.SELM.BCSM.MODE = "a2v"
-    cfg.MODEL.SELM.BCSM.NUM_BLOCKS = 1
-    cfg.MODEL.SELM.MAMBA.D_STATE = 4
-    bcsm = BCSM(cfg)
-    assert bcsm.v2a is None and len(bcsm.a2v.mamba) == 1
-    assert bcsm.a2v.mamba[0].mixer.d_state == 4
-    assert bcsm.a2v_selection == "channel"  # the paper's
-    cfg.MODEL.SELM.BCSM.A2V_SELECTION = "pixel"
-    with pytest.raises(ValueError, match="MODEL.SELM.BCSM.A2V_SELECTION.*channel, spatial"):
-        BCSM(cfg)
-    cfg.MODEL.SELM.BCSM.A2V_SELECTION = "spatial"
-    cfg.MODEL.SELM.BCSM.MODE = "both"
-    with pytest.raises(ValueError, match="MODEL.SELM.BCSM.MODE"):
-        BCSM(cfg)
-
-
-@pytest.mark.parametrize("selection", A2V_SELECTIONS)
-@pytest.mark.parametrize("mode", BCSM_MODES)
-def test_select_from_grouped_stacks_matches_forward(mode, selection):
-    """What SelMHead does at inference: the stacks of several levels' BCSMs run as one group
-    (``run_mamba_stacks``), then each level selects from its outputs. Same result as
-    ``forward``; without the map "channel" returns None."""
-    from selm_d2.modeling.mamba import run_mamba_stacks
-
-    levels = [_bcsm(mode, a2v_selection=selection, pool_size=1) for _ in range(3)]
-    for i, bcsm in enumerate(levels):  # distinct weights per level
-        torch.manual_seed(10 + i)
-        for param in bcsm.parameters():
-            torch.nn.init.normal_(param, std=0.3)
-    inputs = [_inputs(hw=(2, 3)) for _ in levels]
+def test_each_modality_selects_the_other():
+    bcsm = _randomise(BCSM(16, num_blocks=1, **MAMBA), seed=5).eval()
+    feats, audio = _features(1, 5, 16)
     with torch.no_grad():
-        expected = [bcsm(*x) for bcsm, x in zip(levels, inputs)]
-        pairs = [bcsm.sequences(*x) for bcsm, x in zip(levels, inputs)]
-        assert len(pairs[0]) == {"off": 0, "a2v": 1, "v2a": 1, "bidirectional": 2}[mode]
-        flat = [pair for level in pairs for pair in level]
-        outputs = iter(run_mamba_stacks([s for s, _ in flat], [x for _, x in flat]))
-        for bcsm, x, level, ref in zip(levels, inputs, pairs, expected):
-            scanned = [next(outputs) for _ in level]
-            got = bcsm.select(*x, scanned.__getitem__)
-            for a, b in zip(got, ref):
-                assert (a is None) == (b is None)
-                if a is not None:
-                    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-            unmapped = bcsm.select(*x, scanned.__getitem__, selection_map=False)
-            if mode in ("a2v", "bidirectional") and selection == "channel":
-                assert unmapped[2] is None
-            torch.testing.assert_close(unmapped[0], ref[0], rtol=1e-5, atol=1e-5)
+        sel, aud, gates = bcsm(feats, audio)
+        sel2, aud2, gates2 = bcsm(feats, audio + torch.randn(audio.shape))
+        sel3, aud3, _ = bcsm([f + torch.randn(f.shape) for f in feats], audio)
+    # The audio's gates (and so the features' weights) follow the audio ...
+    assert not torch.allclose(gates[0], gates2[0])
+    assert not torch.allclose(sel[0], sel2[0])
+    # ... and the visual features' pooled tokens set the audio's weights.
+    ratio, ratio3 = aud / audio, aud3 / audio
+    assert not torch.allclose(ratio, ratio3)
 
 
-def test_levels_keep_stacked_parameters_for_inference_only_until_train_or_eval():
-    """BCSMLevels keeps run_mamba_stacks' stacked parameters between inference calls (one
-    entry per depth for the group of all levels) and drops them on train()/eval(), so that
-    weights trained in between are read afresh."""
-    from selm_d2.modeling.bcsm import BCSMLevels
+def test_trailing_frames_do_not_change_earlier_frames():
+    """The Mamba scans are causal along time: AVSS's padding frames (at the end) cannot reach
+    the real frames."""
+    bcsm = _randomise(BCSM(16, num_blocks=2, **MAMBA), seed=6).eval()
+    feats, audio = _features(1, 10, 16)
+    changed = [f.clone() for f in feats]
+    for f in changed:
+        f[6:] += 3.0
+    changed_audio = audio.clone()
+    changed_audio[:, 6:] -= 3.0
+    with torch.no_grad():
+        out = bcsm(feats, audio)
+        out2 = bcsm(changed, changed_audio)
+    for a, b in zip(out[0], out2[0]):
+        torch.testing.assert_close(a[:6], b[:6], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out[1][:, :6], out2[1][:, :6], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(out[1][:, 6:], out2[1][:, 6:])
 
-    levels = BCSMLevels({name: _bcsm(pool_size=1) for name in ("res3", "res4")}).eval()
-    inputs = {name: tuple(t.detach() for t in _inputs()) for name in levels}
-    with torch.no_grad():
-        before = levels(inputs)
-    assert len(levels._stacked) == 2  # num_blocks=2 depths, one group of 4 stacks
-    levels.train()
-    assert not levels._stacked
-    levels(inputs)["res3"][0].sum().backward()  # gradients: in turn, nothing cached
-    assert not levels._stacked
-    with torch.no_grad():
-        for param in levels.parameters():
-            param.add_(0.05)
-    levels.eval()
-    with torch.no_grad():
-        after = levels(inputs)
-        expected = {name: bcsm(*inputs[name]) for name, bcsm in levels.items()}
-    for name in levels:
-        torch.testing.assert_close(after[name][0], expected[name][0], rtol=1e-5, atol=1e-5)
-        assert not torch.allclose(after[name][0], before[name][0])
+
+def test_stacks_and_mamba_arguments():
+    bcsm = BCSM(16, num_levels=3, num_blocks=2, d_state=4, d_conv=3, expand=1, impl="torch")
+    assert len(bcsm.video_encoder) == len(bcsm.audio_encoder) == 3
+    assert all(len(stack) == 2 for stack in list(bcsm.video_encoder) + list(bcsm.audio_encoder))
+    mixer = bcsm.audio_encoder[2][1].mixer
+    assert (mixer.d_state, mixer.d_conv, mixer.d_inner, mixer.impl) == (4, 3, 16, "torch")

@@ -1,235 +1,337 @@
+"""CLEVER, the token-grouping decoder, part by part against the authors' decoder.py, plus
+its SelM-D2 switches (INFERENCE_NOISE, AUDIO_LAYERS) and errors."""
 import pytest
 import torch
+from torch.nn import functional as F
 
 from detectron2.config import get_cfg
-from detectron2.layers import ShapeSpec
 
 from selm_d2.config import add_selm_config
 from selm_d2.modeling.clever import (
-    MASK_HEADS,
+    CLEVER,
     SELM_DECODER_REGISTRY,
-    CLEVERDecoder,
-    MaskHead,
+    AudioLoad,
+    DynamicProjector,
+    Fusion,
+    TokenGrouping,
     build_selm_decoder,
-    sine_encoding_1d,
-    sine_encoding_2d,
+    hard_gumbel_softmax,
 )
 
-D = 16
-LEVELS = {"res3": 8, "res4": 16, "res5": 32}
+import official
+
+D = 32  # GroupNorm(32) in Fusion and the projector
 
 
-def _decoder(**kw):
-    args = dict(in_features=["res5", "res4", "res3"], hidden_dim=D, num_queries=4, nheads=2,
-                dim_feedforward=32, dropout=0.0, out_channels=1, mask_head="mix",
-                mask_in_feature="res2")
-    args.update(kw)
-    return CLEVERDecoder(**args)
+def _theirs():
+    official.require_official()
+    return official.load_task("avs_ms3").decoder
 
 
-def _inputs(b=2, t=5, hw=(61, 77)):
-    """feats: {level: [B*T, D, h, w]} for res3..res5 and the stride-4 mask level res2."""
+def _randomise(module, seed, scale=0.1):
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for param in module.parameters():
+            param.add_(scale * torch.randn_like(param))
+    return module
+
+
+def _mlp_names(name):
+    return name.replace(".fc1.", ".0.").replace(".fc2.", ".3.")
+
+
+# ------------------------------------------------------------------ hard Gumbel-softmax
+
+def test_hard_gumbel_softmax_is_one_hot_with_softmax_gradients():
     torch.manual_seed(0)
-    n = b * t
-    size = lambda s: (-(-hw[0] // s), -(-hw[1] // s))  # noqa: E731
-    feats = {k: torch.randn(n, D, *size(s), requires_grad=True)
-             for k, s in dict(LEVELS, res2=4).items()}
-    audio = {k: torch.randn(b, t, D, requires_grad=True) for k in LEVELS}
-    return feats, audio, torch.ones(b, t, dtype=torch.bool)
+    logits = torch.randn(2, 3, 10, requires_grad=True)
+    weights = torch.randn(2, 3, 10)
+    tau = 0.7
+    out = hard_gumbel_softmax(logits, tau, dim=1, noise=False)
+    expected = F.one_hot(logits.argmax(dim=1), 3).permute(0, 2, 1).float()
+    assert torch.equal(out.detach(), expected)
+    (out * weights).sum().backward()
+    leaf = logits.detach().clone().requires_grad_()
+    ((leaf / tau).softmax(dim=1) * weights).sum().backward()
+    torch.testing.assert_close(logits.grad, leaf.grad)
 
 
-@pytest.mark.parametrize("t", [5, 10])
-def test_shapes_coarse_to_fine(t):
-    feats, audio, valid = _inputs(t=t)
-    out = _decoder(out_channels=3)(feats, audio, valid)
-    assert out["pred_masks"].shape == (2 * t, 3) + tuple(feats["res2"].shape[-2:])
-    assert [tuple(a.shape[-2:]) for a in out["aux_masks"]] == [
-        tuple(feats[k].shape[-2:]) for k in ("res5", "res4", "res3")]
+def test_hard_gumbel_softmax_draws_the_authors_noise():
+    """Seeded alike, the noisy version equals the authors' gumbel_softmax (forward and
+    gradient), and noise=False their hard_softmax at tau = 1."""
+    decoder = _theirs()
+    logits = torch.randn(2, 4, 9)
+    tau = torch.tensor([0.8])
+    results = []
+    for fn in (lambda x: hard_gumbel_softmax(x, tau, dim=-2),
+               lambda x: decoder.gumbel_softmax(x, tau=tau, dim=-2)):
+        leaf = logits.clone().requires_grad_()
+        torch.manual_seed(3)
+        out = fn(leaf)
+        (out * torch.arange(out.numel()).view_as(out).cos()).sum().backward()
+        results.append((out.detach(), leaf.grad))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][1], results[1][1])
+    assert not torch.equal(results[0][0], hard_gumbel_softmax(logits, tau, dim=-2, noise=False))
+    torch.testing.assert_close(hard_gumbel_softmax(logits, 1.0, dim=-2, noise=False),
+                               decoder.hard_softmax(logits, dim=-2))
 
 
-def test_without_mask_fusion_the_last_layer_gives_the_masks():
-    dec = _decoder(mask_in_feature=None)
-    assert dec.mask_mix is None and dec.visual_levels == ["res3", "res4", "res5"]
-    feats, audio, valid = _inputs()
-    del feats["res2"]  # not read
-    out = dec(feats, audio, valid)
-    assert out["pred_masks"] is out["aux_masks"][-1]
-    assert out["pred_masks"].shape[-2:] == feats["res3"].shape[-2:]
+# ------------------------------------------------------------------ the parts
+
+def test_fusion_equals_the_authors_fusion():
+    theirs = _randomise(_theirs().Fusion(D, D, D, bias=True), seed=1).eval()
+    ours = Fusion(D).eval()
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    coarse, fine = torch.randn(2, D, 3, 3), torch.randn(2, D, 6, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(coarse, fine), theirs(coarse, fine))
 
 
-def test_from_config_orders_levels_by_stride_and_sets_outputs():
+def test_audio_load_equals_the_authors_load_layer():
+    """The authors' LoadLayer (pe_shape >= 14): cross-attention of the last token to the audio
+    (kv width 256, hard-coded), then the tokens' LayerNorm + MLP; the LoadToken's own norm and
+    MLP are never called and have no counterpart."""
+    theirs = _randomise(_theirs().LoadLayer(256, drop=0.1, bias=False, pe_shape=14),
+                        seed=2).eval()
+    ours = AudioLoad(256, dropout=0.1).eval()
+    names = [("loadtoken.cross_attn.", ""), ("loadtoken.normq.", "norm_query."),
+             ("loadtoken.normk.", "norm_audio."), ("norm.", "norm."), ("mlp.", "mlp.")]
+    weights = {}
+    for name, value in theirs.state_dict().items():
+        for old, new in names:
+            if name.startswith(old):
+                weights[_mlp_names(new + name[len(old):])] = value
+                break
+    ours.load_state_dict(weights, strict=True)
+    torch.manual_seed(4)
+    tokens, audio = torch.randn(3, 2, 256), torch.randn(3, 4, 256)
+    mask = torch.ones(3, 4)
+    mask[1, 2:] = 0
+    mask[2] = 0
+    with torch.no_grad():
+        expected, _ = theirs(tokens, audio.permute(0, 2, 1), mask[..., None])
+        torch.testing.assert_close(ours(tokens, audio, mask), expected, rtol=1e-4, atol=1e-5)
+
+
+def _grouping_pair(seed=5, dropout=0.0):
+    theirs = _randomise(_theirs().CGAttention(D, D, D, drop=dropout, bias=True), seed=seed)
+    ours = TokenGrouping(D, dropout)
+    ours.load_state_dict({_mlp_names(k): v for k, v in theirs.state_dict().items()},
+                         strict=True)
+    return theirs.eval(), ours.eval()
+
+
+def test_token_grouping_equals_the_authors_cgattention():
+    """Seeded alike (the Gumbel noise), tokens and hit maps equal the authors' CGAttention."""
+    theirs, ours = _grouping_pair()
+    torch.manual_seed(6)
+    tokens, features, pos = torch.randn(2, 2, D), torch.randn(2, D, 4, 5), torch.randn(20, D)
+    with torch.no_grad():
+        torch.manual_seed(7)
+        out, assignment = ours(tokens, features, pos)
+        torch.manual_seed(7)
+        ref_out, ref_map = theirs(tokens, features, pe=pos)
+    torch.testing.assert_close(out, ref_out, rtol=1e-4, atol=1e-5)
+    assert torch.equal(assignment, ref_map)
+    assert assignment.shape == (2, 2, 4, 5)
+    assert torch.equal(assignment.sum(dim=1), torch.ones(2, 4, 5))  # one token per pixel
+
+
+def test_token_grouping_without_noise_assigns_the_most_similar_token():
+    """noise=False: deterministic, and each pixel goes to the token of highest cosine
+    similarity (written out with torch ops)."""
+    _, ours = _grouping_pair(seed=8)
+    torch.manual_seed(9)
+    tokens, features, pos = torch.randn(2, 3, D), torch.randn(2, D, 4, 4), torch.randn(16, D)
+    with torch.no_grad():
+        torch.manual_seed(0)
+        first = ours(tokens, features, pos, noise=False)
+        torch.manual_seed(1)
+        second = ours(tokens, features, pos, noise=False)
+        pixels = F.layer_norm(features.flatten(2).transpose(1, 2) + pos, (D,),
+                              ours.norm_v.weight, ours.norm_v.bias)
+        queries = F.layer_norm(tokens, (D,), ours.norm_t.weight, ours.norm_t.bias)
+        q = F.normalize(F.linear(queries, ours.q_proj.weight, ours.q_proj.bias), dim=-1)
+        k = F.normalize(F.linear(pixels, ours.k_proj.weight, ours.k_proj.bias), dim=-1)
+        best = torch.einsum("nkc,npc->nkp", q, k).argmax(dim=1).view(2, 4, 4)
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+    assert torch.equal(first[1].argmax(dim=1), best)
+    assert len(best.unique()) > 1  # not a degenerate all-one-token map
+
+
+@pytest.mark.parametrize("backbone,upsamples", [("resnet", 1), ("pvt", 2)])
+def test_binary_projector_equals_the_authors_dprojector(backbone, upsamples):
+    """MS3's DProjector: the token gives the weights and bias of a per-frame 1x1 conv, run by
+    the authors as one grouped convolution."""
+    theirs = _randomise(_theirs().DProjector(audio_dim=D, in_dim=D, backbone=backbone),
+                        seed=10).eval()
+    ours = DynamicProjector(D, 1, upsamples=upsamples, bias=True).eval()
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    features, token = torch.randn(3, D, 3, 4), torch.randn(3, D)
+    with torch.no_grad():
+        out = ours(features, token)
+        expected = theirs(features, token)
+    assert out.shape == (3, 1, 3 * 2 ** upsamples, 4 * 2 ** upsamples)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_semantic_projector_equals_the_authors_avss_dprojector():
+    """AVSS's DProjector: 71 outputs (70 classes + background) of width 256, no bias, as an
+    einsum."""
+    official.require_official()
+    theirs = _randomise(official.load_task("avss").decoder.DProjector(audio_dim=256, in_dim=256),
+                        seed=11, scale=0.02).eval()
+    ours = DynamicProjector(256, 71, upsamples=2, bias=False).eval()
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    features, token = torch.randn(2, 256, 2, 2), torch.randn(2, 256)
+    with torch.no_grad():
+        out = ours(features, token)
+        expected = theirs(features, token)
+    assert out.shape == (2, 71, 8, 8)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------------------ the decoder
+
+SIZES = [2, 4, 8]  # maps of a 32 x 32 input at strides 16, 8, 4
+
+
+def _clever(**kwargs):
+    args = dict(dim=D, num_tokens=2, num_outputs=1, pos_embed_sizes=SIZES,
+                audio_layers=[True, True, True], audio_dropout=0.0,
+                grouping_dropout=[0.0, 0.0, 0.0], projector_upsamples=1, projector_bias=True,
+                noise=True)
+    args.update(kwargs)
+    torch.manual_seed(0)
+    return _randomise(CLEVER(**args), seed=12).eval()
+
+
+def _decoder_inputs(n=4, seed=13):
+    g = torch.Generator().manual_seed(seed)
+    features = [torch.randn(n, D, s, s, generator=g) for s in [1] + SIZES]
+    return features, torch.randn(n, 1, D, generator=g), torch.ones(n, 1)
+
+
+def test_decoder_shapes():
+    clever = _clever(num_tokens=3, num_outputs=5, projector_bias=False)
+    features, audio, mask = _decoder_inputs()
+    with torch.no_grad():
+        logits, maps = clever(features, audio, mask)
+    assert logits.shape == (4, 5, 16, 16)
+    assert [tuple(m.shape) for m in maps] == [(4, 3, s, s) for s in SIZES]
+    for m in maps:
+        assert torch.equal(m.sum(dim=1), torch.ones_like(m[:, 0]))
+
+
+def test_inference_noise_switch():
+    """INFERENCE_NOISE True (the authors'): Gumbel noise at inference too, so eval outputs
+    vary with the random state; False: argmax, the same whatever the seed."""
+    features, audio, mask = _decoder_inputs()
+    outputs = {}
+    for noise in (True, False):
+        clever = _clever(noise=noise)
+        runs = []
+        for seed in (0, 1):
+            torch.manual_seed(seed)
+            with torch.no_grad():
+                runs.append(clever(features, audio, mask))
+        outputs[noise] = runs
+    noisy, plain = outputs[True], outputs[False]
+    assert not torch.equal(noisy[0][0], noisy[1][0])
+    assert any(not torch.equal(a, b) for a, b in zip(noisy[0][1], noisy[1][1]))
+    assert torch.equal(plain[0][0], plain[1][0])
+    assert all(torch.equal(a, b) for a, b in zip(plain[0][1], plain[1][1]))
+    # Training always samples the noise (the authors train with it).
+    clever = _clever(noise=False).train()
+    torch.manual_seed(0)
+    first = clever(features, audio, mask)[0]
+    torch.manual_seed(1)
+    assert not torch.equal(first, clever(features, audio, mask)[0])
+
+
+def test_audio_layers_switch():
+    """A layer with AUDIO_LAYERS False has no audio attention: the tokens it groups with are
+    independent of the audio (its hit map too); the next layers still read the audio."""
+    features, audio, mask = _decoder_inputs()
+    other = audio + torch.randn(audio.shape)
+    clever = _clever(noise=False, audio_layers=[False, True, True])
+    assert not isinstance(clever.audio_loads[0], AudioLoad)
+    assert isinstance(clever.audio_loads[1], AudioLoad)
+    with torch.no_grad():
+        logits, maps = clever(features, audio, mask)
+        logits2, maps2 = clever(features, other, mask)
+    assert torch.equal(maps[0], maps2[0])
+    assert not torch.allclose(logits, logits2)
+
+    deaf = _clever(noise=False, audio_layers=[False, False, False])
+    assert not any(isinstance(m, AudioLoad) for m in deaf.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(deaf(features, audio, mask)[0], deaf(features, other, mask)[0],
+                                   rtol=0, atol=0)
+    hearing = _clever(noise=False)
+    with torch.no_grad():
+        first, _ = hearing(features, audio, mask)
+        second, _ = hearing(features, other, mask)
+    assert not torch.allclose(first, second)
+
+
+def test_masked_audio_does_not_reach_the_tokens():
+    """A padding frame (audio mask 0): its audio token changes nothing; frames are decoded
+    independently of each other."""
+    clever = _clever(noise=False)
+    features, audio, mask = _decoder_inputs()
+    mask[2] = 0
+    changed = audio.clone()
+    changed[2] += 5.0
+    with torch.no_grad():
+        logits, _ = clever(features, audio, mask)
+        logits2, _ = clever(features, changed, mask)
+        alone, _ = clever([f[:1] for f in features], audio[:1], mask[:1])
+    torch.testing.assert_close(logits, logits2, rtol=0, atol=1e-6)
+    torch.testing.assert_close(alone, logits[:1], rtol=1e-4, atol=1e-5)
+
+
+def test_pos_embed_size_mismatch_names_the_key():
+    clever = _clever(pos_embed_sizes=[3, 6, 12])
+    features, audio, mask = _decoder_inputs()
+    with pytest.raises(ValueError, match="MODEL.SELM.CLEVER.POS_EMBED_SIZES"):
+        clever(features, audio, mask)
+    with pytest.raises(ValueError, match="one entry per layer"):
+        _clever(audio_layers=[True, True])
+
+
+def test_gradients_reach_every_parameter_in_training():
+    clever = _clever().train()
+    features, audio, mask = _decoder_inputs()
+    features = [f.requires_grad_() for f in features]
+    logits, maps = clever(features, audio.requires_grad_(), mask)
+    (logits.square().mean() + sum(m[:, -1].mean() for m in maps)).backward()
+    missing = [n for n, p in clever.named_parameters() if p.grad is None]
+    assert not missing, missing
+    assert all(f.grad is not None for f in features) and audio.grad is not None
+
+
+def test_from_config_and_registry():
+    """Built by name from MODEL.SELM.CLEVER.NAME; K classes give the authors' K + 1 outputs
+    (AVSS: 71 = 70 + background) and one output for the binary tasks."""
     cfg = get_cfg()
     add_selm_config(cfg)
+    cfg.MODEL.SELM.HIDDEN_DIM = D
     cfg.MODEL.SELM.NUM_CLASSES = 70
-    cfg.MODEL.SELM.CLEVER.NUM_QUERIES = 71
-    cfg.MODEL.SELM.CLEVER.IN_FEATURES = ["res4", "res3", "res5"]
-    shapes = {k: ShapeSpec(channels=8, stride=s) for k, s in dict(LEVELS, res2=4).items()}
-    dec = build_selm_decoder(cfg, shapes)
-    assert type(dec) is CLEVERDecoder and "CLEVERDecoder" in SELM_DECODER_REGISTRY
-    assert dec.layer_levels == ["res5", "res4", "res3"]
-    # The paper's defaults: "dot" head (one query per class), no stride-4 fusion.
-    assert dec.mask_head.kind == "dot" and dec.mask_head.out_channels == 71
-    assert dec.mask_in_feature is None and "res2" not in dec.visual_levels
-    cfg.MODEL.SELM.CLEVER.MASK_FUSION = True
-    assert build_selm_decoder(cfg, shapes).visual_levels == ["res2", "res3", "res4", "res5"]
-    cfg.MODEL.SELM.CLEVER.IN_FEATURES = ["res3", "res6"]
-    with pytest.raises(ValueError, match="IN_FEATURES"):
-        CLEVERDecoder(cfg, shapes)
+    cfg.MODEL.SELM.CLEVER.POS_EMBED_SIZES = [2, 4, 8]
+    cfg.MODEL.SELM.CLEVER.PROJECTOR_BIAS = False
+    cfg.MODEL.SELM.CLEVER.INFERENCE_NOISE = False
+    cfg.MODEL.SELM.CLEVER.AUDIO_LAYERS = [False, True, True]
+    assert SELM_DECODER_REGISTRY.get("CLEVER") is CLEVER
+    clever = build_selm_decoder(cfg)
+    assert type(clever) is CLEVER and clever.noise is False
+    assert clever.projector.audio_linear.out_features == 71 * D
+    assert [p.shape[0] for p in clever.pos_embeds] == [4, 16, 64]
+    assert [isinstance(m, AudioLoad) for m in clever.audio_loads] == [False, True, True]
+    cfg.MODEL.SELM.NUM_CLASSES = 1
+    cfg.MODEL.SELM.CLEVER.PROJECTOR_BIAS = True
+    assert build_selm_decoder(cfg).projector.audio_linear.out_features == D + 1
     cfg.MODEL.SELM.CLEVER.NAME = "FPNDecoder"
-    with pytest.raises(ValueError, match="MODEL.SELM.CLEVER.NAME='FPNDecoder'.*CLEVERDecoder"):
-        build_selm_decoder(cfg, shapes)
-
-
-@pytest.mark.parametrize("out_channels", [1, 5])
-@pytest.mark.parametrize("kind", MASK_HEADS)
-def test_mask_heads(kind, out_channels):
-    torch.manual_seed(0)
-    queries = out_channels if kind == "dot" else 3
-    head = MaskHead(kind, D, queries, out_channels)
-    q = torch.randn(2, queries, D, requires_grad=True)
-    mixed = torch.randn(2, D, 6, 7, requires_grad=True)
-    maps, logits = head(q, mixed)
-    assert maps.shape == (2, queries, 6, 7) and logits.shape == (2, out_channels, 6, 7)
-    logits.square().sum().backward()
-    assert all(p.grad is not None for p in head.parameters())
-    assert q.grad.abs().sum() > 0 and mixed.grad.abs().sum() > 0
-    if kind == "dot":
-        assert logits is maps  # the query-feature dot products are the logits
-    if kind != "semantic":
-        return
-    # Mask2Former's semantic inference: P_c = sum_q softmax(cls_q)[c] sigmoid(m_q), normalised.
-    with torch.no_grad():
-        cls = head.class_embed(head.decoder_norm(q)).softmax(-1)
-        probs = torch.einsum("nqc,nqhw->nchw", cls, maps.sigmoid())
-        probs = probs / probs.sum(1, keepdim=True)
-        if out_channels == 1:  # one foreground logit: log P_1 - log P_0
-            assert torch.allclose(logits.sigmoid()[:, 0], probs[:, 1], atol=1e-5)
-        else:  # log P_c: valid probabilities that softmax gives back
-            assert torch.allclose(logits.exp().sum(1), torch.ones(2, 6, 7), atol=1e-5)
-            assert torch.allclose(logits.softmax(1), probs, atol=1e-5)
-
-
-def test_dot_head_needs_one_query_per_output():
-    with pytest.raises(ValueError, match="MASK_HEAD 'dot'.*NUM_QUERIES must equal.*71.*got "
-                                         "NUM_QUERIES 16"):
-        MaskHead("dot", D, 16, 71)
-    with pytest.raises(ValueError, match="MODEL.SELM.CLEVER.MASK_HEAD='conv' is unknown"):
-        MaskHead("conv", D, 4, 1)
-
-
-@pytest.mark.parametrize("switch", [dict(audio_cross_attn=False), dict(video_cross_attn=False),
-                                    dict(cross_level=False),
-                                    dict(audio_cross_attn=False, video_cross_attn=False)])
-def test_ablations_run_and_backprop(switch):
-    dec = _decoder(**switch)
-    feats, audio, valid = _inputs()
-    if switch.get("cross_level") is False:
-        assert dec.used_levels == ["res3"] and len(dec.level_mix) == 0
-        feats = {"res3": feats["res3"], "res2": feats["res2"]}
-        audio = {"res3": audio["res3"]}
-    out = dec(feats, audio, valid)
-    loss = out["pred_masks"].square().mean() + sum(a.square().mean() for a in out["aux_masks"])
-    loss.backward()
-    assert torch.isfinite(loss)
-    assert feats["res2"].grad.abs().sum() > 0 and feats["res3"].grad.abs().sum() > 0
-    audio_grad = audio["res3"].grad
-    if switch.get("audio_cross_attn") is False:
-        assert audio_grad is None
-    else:
-        assert audio_grad.abs().sum() > 0
-    if switch.get("cross_level") is False:
-        assert all(a.shape[-2:] == feats["res3"].shape[-2:] for a in out["aux_masks"])
-
-
-def test_padding_frames_do_not_leak_through_audio_attention():
-    dec = _decoder().eval()
-    feats, audio, valid = _inputs()
-    valid[1, 3:] = False
-    out = dec(feats, audio, valid)["pred_masks"]
-    audio2 = {k: v.detach().clone() for k, v in audio.items()}
-    for v in audio2.values():
-        v[1, 3:] += 10.0
-    out2 = dec(feats, audio2, valid)["pred_masks"]
-    # Clip 1's frames (indices 5..9) ignore its padding frames' audio; clip 0 is untouched.
-    assert torch.allclose(out, out2, atol=1e-5)
-    # Real frames' audio is used.
-    audio2["res5"][1, 0] += 10.0
-    assert not torch.allclose(dec(feats, audio2, valid)["pred_masks"][5:], out[5:])
-
-
-def test_clip_of_only_padding_is_finite():
-    dec = _decoder()
-    feats, audio, valid = _inputs()
-    valid[0] = False
-    out = dec(feats, audio, valid)
-    assert torch.isfinite(out["pred_masks"]).all()
-
-
-def test_position_encodings():
-    enc = sine_encoding_1d(torch.arange(10), D)
-    assert enc.shape == (10, D)
-    sims = enc @ enc.T
-    assert (sims.argmax(dim=1) == torch.arange(10)).all()  # each frame finds itself
-    grid = sine_encoding_2d(3, 5, D, torch.device("cpu"))
-    assert grid.shape == (15, D) and len({tuple(r.tolist()) for r in grid}) == 15
-
-
-def test_bad_widths_name_keys():
-    with pytest.raises(ValueError, match="NHEADS"):
-        _decoder(nheads=3, hidden_dim=16)
-    with pytest.raises(ValueError, match="HIDDEN_DIM"):
-        _decoder(nheads=1, hidden_dim=18)
-
-
-def test_mix_block_is_upsample_then_concat_then_project():
-    """The mix projects the previous level before upsampling; by linearity that must equal
-    the paper's order, written out here: upsample, concatenate with the next level, 1x1 conv."""
-    from torch.nn import functional as F
-
-    from selm_d2.modeling.clever import _MixBlock
-
-    torch.manual_seed(0)
-    block = _MixBlock(D, 3).eval()
-    mixed, maps, nxt = torch.randn(2, D, 5, 7), torch.randn(2, 3, 5, 7), torch.randn(2, D, 10, 13)
-    up = F.interpolate(torch.cat([mixed, maps], dim=1), size=(10, 13), mode="bilinear",
-                       align_corners=False)
-    expected = block.proj(torch.cat([up, nxt], dim=1))
-    torch.testing.assert_close(block(mixed, maps, nxt), expected, rtol=1e-4, atol=1e-5)
-    with torch.inference_mode():  # the CPU inference kernels (cpu_inference.py)
-        torch.testing.assert_close(block(mixed, maps, nxt), expected, rtol=1e-4, atol=1e-5)
-
-
-@pytest.mark.parametrize("num_queries,padding", [(1, False), (3, True)])
-def test_few_query_attention_matches_multihead_attention(num_queries, padding):
-    """The re-associated inference attention against torch's nn.MultiheadAttention."""
-    from selm_d2.modeling.clever import _few_query_attention
-
-    torch.manual_seed(0)
-    attn = torch.nn.MultiheadAttention(32, 4, batch_first=True).eval()
-    torch.nn.init.normal_(attn.in_proj_bias)  # biases take part (the key bias cancels)
-    query = torch.randn(2, num_queries, 32)
-    # 9 keys; and a single key (self-attention of one query), whose weight is 1
-    for length in (9, 1):
-        memory = torch.randn(2, length, 32)
-        mask = None
-        if padding and length > 1:
-            mask = torch.zeros(2, length, dtype=torch.bool)
-            mask[0, 6:] = True
-        # positions shared by the batch, and per clip
-        for memory_pos in (torch.randn(1, length, 32), torch.randn(2, length, 32)):
-            expected = attn(query, memory + memory_pos, memory, key_padding_mask=mask,
-                            need_weights=False)[0]
-            got = _few_query_attention(attn, query, memory, memory_pos, mask)
-            torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
-
-
-def test_decoder_inference_matches_training_mode_attention():
-    """Eval mode takes the few-query path; with dropout 0 train mode computes the same masks."""
-    torch.manual_seed(0)
-    decoder = _decoder(num_queries=1, mask_head="dot", mask_in_feature=None)
-    feats, audio, valid = _inputs()
-    decoder.train()
-    train_out = decoder(feats, audio, valid)["pred_masks"]
-    decoder.eval()
-    torch.testing.assert_close(decoder(feats, audio, valid)["pred_masks"], train_out,
-                               rtol=1e-4, atol=1e-4)
+    with pytest.raises(KeyError, match="FPNDecoder"):
+        build_selm_decoder(cfg)

@@ -47,7 +47,7 @@ def _weights(config, tmp_path):
 def _run(config, weights, frames, wav, out):
     return demo.main(["--config-file", os.path.join(REPO_ROOT, "configs", "synth", config),
                       "--input", frames, "--audio", wav, "--output", str(out), "--heatmaps",
-                      "--opts", "MODEL.WEIGHTS", weights, "INPUT.AVS.SIZE", "32"])
+                      "--opts", "MODEL.WEIGHTS", weights])
 
 
 @pytest.mark.parametrize("config,max_label", [("ms3.yaml", 255), ("avss.yaml", 6)])
@@ -60,7 +60,7 @@ def test_demo_writes_expected_files(config, max_label, synth_clip, tmp_path):
         assert overlay.shape == (32, 32, 3)
         mask = np.asarray(Image.open(out / "mask_{}.png".format(k)))
         assert mask.shape == (32, 32) and mask.max() <= max_label
-        # one selection map per CLEVER level
+        # one hit map per CLEVER layer
         assert len(glob.glob(str(out / "heatmap_*_{}.png".format(k)))) == 3
     # The overlay video carries the clip's sound, one frame per second of it (ffmpeg comes
     # with the [app] extra that `make install` installs).
@@ -92,12 +92,11 @@ def test_demo_missing_frames_is_a_clear_error(tmp_path):
 def test_demo_refuses_random_weights_unless_asked(synth_clip, tmp_path):
     frames, wav = synth_clip
     args = ["--config-file", os.path.join(REPO_ROOT, "configs", "synth", "ms3.yaml"),
-            "--input", frames, "--audio", wav, "--output", str(tmp_path / "out"),
-            "--opts", "INPUT.AVS.SIZE", "32"]
+            "--input", frames, "--audio", wav, "--output", str(tmp_path / "out")]
     with pytest.raises(ValueError, match="MODEL.WEIGHTS is empty.*--allow-random-weights"):
         demo.main(args)
     assert not (tmp_path / "out" / "frame_0.png").exists()
-    demo.main(args[:-3] + ["--allow-random-weights"] + args[-3:])
+    demo.main(args + ["--allow-random-weights"])
     assert (tmp_path / "out" / "frame_0.png").exists()
 
 

@@ -1,6 +1,6 @@
-"""The install works: detectron2 imports and runs on CPU, training checkpoints and resumes,
-and the detectron2 installer is idempotent and fails clearly."""
-import importlib
+"""The install works: detectron2's setup runs with SelM's config and the installer's C shim,
+training checkpoints and resumes, and the detectron2 installer is idempotent and fails
+clearly."""
 import io
 import os
 import subprocess
@@ -22,19 +22,6 @@ from selm_d2 import add_selm_config
 
 sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
 import install_detectron2  # noqa: E402
-
-
-D2_MODULES = [
-    "detectron2.config", "detectron2.modeling", "detectron2.engine", "detectron2.data",
-    "detectron2.data.transforms", "detectron2.evaluation", "detectron2.checkpoint",
-    "detectron2.utils.visualizer", "detectron2.utils.events", "detectron2.utils.comm",
-    "detectron2.solver", "detectron2.layers", "detectron2.structures",
-]
-
-
-@pytest.mark.parametrize("name", D2_MODULES)
-def test_detectron2_module_imports(name):
-    importlib.import_module(name)
 
 
 def test_default_setup_and_collect_env(tmp_path):

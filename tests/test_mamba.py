@@ -1,4 +1,5 @@
-"""Mamba layer: vectorised scan vs the sequential reference, and mamba-ssm compatibility."""
+"""Mamba layer: vectorised scan vs the sequential reference, mamba-ssm's own ``Mamba``
+(``official.MambaRef``, its pure-PyTorch path) and the authors' BCSM block."""
 import sys
 
 import pytest
@@ -6,8 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from selm_d2.modeling import mamba as mamba_module
-from selm_d2.modeling.mamba import (Mamba, MambaBlock, run_mamba_stacks, selective_scan,
-                                     selective_scan_ref)
+from selm_d2.modeling.mamba import Mamba, MambaBlock, selective_scan, selective_scan_ref
+
+import official
 
 
 def _scan_inputs(batch, dim, dstate, length, seed=0):
@@ -62,24 +64,6 @@ def test_scan_matches_reference(length, optional, delta_softplus):
         inputs["delta"] = inputs["delta"].abs() * 0.5
         inputs["delta_bias"] = inputs["delta_bias"].abs() * 0.1
     _check_parity(inputs, optional, delta_softplus)
-
-
-@pytest.mark.parametrize("chunk_size", [4, 16])
-def test_scan_takes_parameters_per_sequence(chunk_size):
-    """A, D and delta_bias given per sequence ([B, D_in, N], [B, D_in]), as
-    ``run_mamba_stacks`` passes them: output and gradients against the reference, and each
-    sequence against a scan of that sequence alone with its own (shared) parameters."""
-    inputs = _scan_inputs(batch=3, dim=4, dstate=3, length=21, seed=5)
-    g = torch.Generator().manual_seed(6)
-    inputs["A"] = -torch.exp(torch.randn(3, 4, 3, generator=g))
-    inputs["D"], inputs["delta_bias"] = torch.randn(3, 4, generator=g), torch.randn(3, 4, generator=g)
-    _check_parity(inputs, ("D", "z", "delta_bias"), True, chunk_size=chunk_size)
-    together = selective_scan(**inputs, delta_softplus=True, chunk_size=chunk_size)
-    for i in range(3):
-        alone = selective_scan(**{k: v[i:i + 1] if k not in ("A", "D", "delta_bias") else v[i]
-                                  for k, v in inputs.items()},
-                               delta_softplus=True, chunk_size=chunk_size)
-        _assert_close(together[i:i + 1], alone, "sequence {}".format(i))
 
 
 @pytest.mark.parametrize("chunk_size", [1, 5, 16, 1000])
@@ -275,100 +259,86 @@ def test_import_failures_other_than_import_error_mean_unavailable(tmp_path, monk
     assert Mamba(16, impl="auto")(torch.randn(1, 3, 16)).shape == (1, 3, 16)
 
 
-def test_mamba_block_is_a_pre_norm_residual():
+# ------------------------------------------------------------------ against mamba-ssm's code
+
+def test_scan_matches_mamba_ssm_selective_scan_ref():
+    """Our sequential reference and vectorised scan against mamba-ssm's selective_scan_ref."""
+    theirs = official.selective_scan_ref
+    inputs = _scan_inputs(batch=2, dim=5, dstate=3, length=23, seed=9)
+    expected = theirs(**inputs, delta_softplus=True)
+    _assert_close(selective_scan_ref(**inputs, delta_softplus=True), expected, "reference")
+    _assert_close(selective_scan(**inputs, delta_softplus=True, chunk_size=4), expected, "scan")
+
+
+@pytest.mark.parametrize("kwargs", [{}, dict(d_state=4, d_conv=3, expand=1.5, bias=True,
+                                            conv_bias=False, dt_init="constant")],
+                         ids=["defaults", "variant"])
+def test_same_seed_gives_mamba_ssm_initialisation(kwargs):
+    """Parameters created in mamba-ssm's order with its initialisation: same names, shapes and
+    values from the same seed."""
+    torch.manual_seed(0)
+    theirs = official.MambaRef(d_model=24, **kwargs).state_dict()
+    torch.manual_seed(0)
+    ours = Mamba(24, impl="torch", **kwargs).state_dict()
+    assert list(ours) == list(theirs)
+    for name, value in theirs.items():
+        assert torch.equal(ours[name], value), name
+
+
+@pytest.mark.parametrize("length", [1, 5, 37])
+def test_forward_and_gradients_match_mamba_ssm(length):
+    """Weights copied from mamba-ssm's Mamba (same parameter names): same output, same
+    gradients of the input and of every parameter (37 steps: several scan chunks)."""
+    torch.manual_seed(1)
+    theirs = official.MambaRef(d_model=16, d_state=8)
+    with torch.no_grad():  # move off the initialisation (D = 1, A_log = log n, ...)
+        for param in theirs.parameters():
+            param.add_(0.1 * torch.randn_like(param))
+    ours = Mamba(16, d_state=8, impl="torch")
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    x = torch.randn(2, length, 16)
+    weight = torch.randn(2, length, 16)
+    outputs, grads = [], []
+    for module in (ours, theirs):
+        leaf = x.clone().requires_grad_()
+        out = module(leaf)
+        (out * weight).sum().backward()
+        outputs.append(out.detach())
+        grads.append(dict(input=leaf.grad, **{n: p.grad for n, p in module.named_parameters()}))
+    _assert_close(outputs[0], outputs[1], "output")
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[1]:
+        _assert_close(grads[0][name], grads[1][name], "grad of " + name)
+
+
+def test_mamba_block_is_the_authors_block():
+    """The authors' ``Mamba_channel_temporal_block`` (their BCSM.py, mamba-ssm's Mamba): the
+    residual adds the normalised input, y = LN(x); y + Mamba(y)."""
+    official.require_official()
+    block_cls = official.load_task("avs_ms3").BCSM.Mamba_channel_temporal_block
     torch.manual_seed(5)
-    block = MambaBlock(16, d_state=4, d_conv=3, expand=2, impl="torch")
-    assert block.mixer.d_state == 4 and block.mixer.d_conv == 3
+    theirs = block_cls(dim=16)
+    with torch.no_grad():
+        theirs.layernorm.weight.uniform_(0.5, 1.5)
+        theirs.layernorm.bias.normal_(0, 0.2)
+    ours = MambaBlock(16, impl="torch")
+    renamed = {k.replace("layernorm.", "norm.").replace("mamba_block.", "mixer."): v
+               for k, v in theirs.state_dict().items()}
+    ours.load_state_dict(renamed, strict=True)
     hidden = torch.randn(2, 9, 16, requires_grad=True)
-    out = block(hidden)
-    assert out.shape == hidden.shape
-    torch.testing.assert_close(out, hidden + block.mixer(block.norm(hidden)))
+    out = ours(hidden)
+    _assert_close(out, theirs(hidden), "block output")
+    # Written out with torch's own ops: the normalised input, not the raw one, is added.
+    normed = F.layer_norm(hidden, (16,), ours.norm.weight, ours.norm.bias, ours.norm.eps)
+    _assert_close(out, normed + ours.mixer(normed), "norm-then-residual")
+    assert not torch.allclose(out, hidden + ours.mixer(normed), atol=1e-3)
     out.square().mean().backward()
     assert hidden.grad is not None and torch.isfinite(hidden.grad).all()
-    for name, param in block.named_parameters():
+    for name, param in ours.named_parameters():
         assert param.grad is not None and param.grad.abs().sum() > 0, name
 
 
-def _stacks(num, depth, dim=16, seed=7):
-    torch.manual_seed(seed)
-    stacks = [torch.nn.Sequential(*[MambaBlock(dim, d_state=4, impl="torch")
-                                    for _ in range(depth)]) for _ in range(num)]
-    for stack in stacks:  # non-trivial norms and output projections (zero-free, distinct)
-        for param in stack.parameters():
-            with torch.no_grad():
-                param.add_(0.1 * torch.randn_like(param))
-    return stacks
-
-
-def test_run_mamba_stacks_groups_equal_stacks_and_matches_each_alone():
-    """Three stacks on equal shapes form one group, one on a longer input runs alone; outputs
-    and every parameter's gradient equal those of running each stack on its own."""
-    stacks = _stacks(4, depth=2)
-    inputs = [torch.randn(2, 5, 16) for _ in range(3)] + [torch.randn(2, 9, 16)]
-    expected = [stack(x) for stack, x in zip(stacks, inputs)]
-    sum((o * torch.cos(o)).sum() for o in expected).backward()
-    expected_grads = [[p.grad.clone() for p in stack.parameters()] for stack in stacks]
-    for stack in stacks:
-        stack.zero_grad()
-
-    outputs = run_mamba_stacks(stacks, inputs)
-    sum((o * torch.cos(o)).sum() for o in outputs).backward()
-    for i, (out, ref) in enumerate(zip(outputs, expected)):
-        assert out.shape == ref.shape
-        _assert_close(out, ref, "stack {} output".format(i))
-        for (name, param), grad in zip(stacks[i].named_parameters(), expected_grads[i]):
-            _assert_close(param.grad, grad, "stack {} grad of {}".format(i, name))
-
-
-def test_run_mamba_stacks_runs_ungroupable_stacks_alone(monkeypatch):
-    """Stacks of different depths never share a group: the grouped path sees only the
-    groupable ones."""
-    calls = []
-    forward = mamba_module._mixer_forward
-    monkeypatch.setattr(mamba_module, "_mixer_forward",
-                        lambda mixers, *a, **k: calls.append(
-                            mixers.stacked["A"].shape[0] if mixers.grouped else 1) or
-                        forward(mixers, *a, **k))
-    stacks = _stacks(2, depth=2) + _stacks(1, depth=1, seed=8)
-    inputs = [torch.randn(1, 5, 16) for _ in stacks]
-    with torch.no_grad():
-        outputs = run_mamba_stacks(stacks, inputs)
-        for stack, x, out in zip(stacks, inputs, outputs):
-            _assert_close(out, stack(x), "output")
-    # Two grouped blocks of 2 layers; the depth-1 stack ran alone (one single-layer call),
-    # then the three reference forwards above (2 + 2 + 1 single-layer calls).
-    assert calls[:3] == [2, 2, 1] and calls[3:] == [1] * 5
-
-
-def test_run_mamba_stacks_keeps_stacked_parameters_until_one_changes():
-    """Without gradients the stacked parameters are made once per group and depth and kept in
-    the caller's cache; an in-place update of any parameter (an optimizer step,
-    load_state_dict) makes them again; with gradients the cache is not read."""
-    stacks = _stacks(3, depth=2)
-    inputs = [torch.randn(1, 5, 16) for _ in stacks]
-    cache = {}
-
-    def check():
-        outputs = run_mamba_stacks(stacks, inputs, cache)
-        for i, (stack, x, out) in enumerate(zip(stacks, inputs, outputs)):
-            _assert_close(out, stack(x), "stack {}".format(i))
-        return outputs
-
-    with torch.inference_mode():  # made here, the cached tensors must serve no_grad too
-        first = check()
-    entries = {key: params for key, (_, params) in cache.items()}
-    assert len(entries) == 2  # one group, two depths
-    assert not any(t.is_inference() for params in entries.values() for t in params.values())
-    with torch.no_grad():
-        check()
-        assert all(cache[key][1] is params for key, params in entries.items())  # reused
-        stacks[1][0].mixer.in_proj.weight.add_(0.5)
-        changed = check()
-    depth0 = tuple(id(block) for block in next(zip(*stacks)))
-    assert cache[depth0][1] is not entries[depth0]  # made again
-    assert not torch.allclose(changed[1], first[1])
-    _assert_close(changed[0], first[0], "unchanged stack")
-
-    outputs = run_mamba_stacks(stacks, inputs, cache)  # with gradients: stacked afresh
-    outputs[2].sum().backward()
-    assert stacks[2][0].mixer.in_proj.weight.grad is not None
+def test_mamba_block_passes_its_arguments_to_mamba():
+    block = MambaBlock(16, d_state=4, d_conv=3, expand=1, impl="torch")
+    assert (block.mixer.d_state, block.mixer.d_conv, block.mixer.d_inner) == (4, 3, 16)
+    assert block.mixer.impl == "torch"

@@ -18,6 +18,8 @@ from selm_d2.data.datasets import parse_dataset_spec, register_dataset_specs
 from selm_d2.modeling.audio import VGGish
 
 PAPER_CONFIG = os.path.join(REPO_ROOT, "configs", "ms3", "selm_R50.yaml")
+# The paper model at 64 x 64 instead of 448 x 448: CLEVER's position embeddings follow.
+SMALL = ["INPUT.AVS.SIZE", "64", "MODEL.SELM.CLEVER.POS_EMBED_SIZES", "[4, 8, 16]"]
 SYNTH_CONFIG = os.path.join(REPO_ROOT, "configs", "synth", "ms3.yaml")
 
 
@@ -34,12 +36,13 @@ def _cfg(config, *opts):
     return cfg
 
 
+@pytest.mark.slow
 def test_paper_config_evaluates_and_demos_with_model_weights_only(synth_root, tmp_path,
                                                                    monkeypatch):
     from train_net import get_parser, main
 
     monkeypatch.chdir(tmp_path)  # the config's pretrained_backbones/... files do not exist here
-    cfg = _cfg(PAPER_CONFIG)
+    cfg = _cfg(PAPER_CONFIG, *SMALL)
     assert not os.path.exists(cfg.MODEL.SELM.VISUAL_WEIGHTS)
     DetectionCheckpointer(build_model(cfg), save_dir=str(tmp_path)).save("trained")
     weights = str(tmp_path / "trained.pth")
@@ -47,8 +50,8 @@ def test_paper_config_evaluates_and_demos_with_model_weights_only(synth_root, tm
     args = get_parser().parse_args(
         ["--config-file", PAPER_CONFIG, "--eval-only",
          "--dataset", "rp_test=avsbench_ms3:{}:test".format(synth_root),
-         "DATASETS.TEST", "('rp_test',)", "INPUT.AVS.SIZE", "32", "DATALOADER.NUM_WORKERS", "0",
-         "MODEL.WEIGHTS", weights, "OUTPUT_DIR", str(tmp_path / "eval")])
+         "DATASETS.TEST", "('rp_test',)", "DATALOADER.NUM_WORKERS", "0",
+         "MODEL.WEIGHTS", weights, "OUTPUT_DIR", str(tmp_path / "eval")] + SMALL)
     assert 0.0 <= main(args)["sem_seg"]["M_J"] <= 100.0
 
     sys.path.insert(0, os.path.join(REPO_ROOT, "demo"))
@@ -58,8 +61,7 @@ def test_paper_config_evaluates_and_demos_with_model_weights_only(synth_root, tm
     wav = glob.glob(os.path.join(synth_root, "Multi-sources", "ms3_data", "audio_wav", "test",
                                  "*.wav"))[0]
     demo.main(["--config-file", PAPER_CONFIG, "--input", frames, "--audio", wav,
-               "--output", str(tmp_path / "demo"), "--opts", "MODEL.WEIGHTS", weights,
-               "INPUT.AVS.SIZE", "32"])
+               "--output", str(tmp_path / "demo"), "--opts", "MODEL.WEIGHTS", weights] + SMALL)
     assert (tmp_path / "demo" / "frame_4.png").is_file()
 
 
@@ -84,7 +86,7 @@ def test_converted_encoders_initialise_training_without_the_original_files(synth
 
     register_dataset_specs(["rp_train=avsbench_ms3:{}:train".format(synth_root)])
     cfg = _cfg(SYNTH_CONFIG, *widths, "DATASETS.TRAIN", "('rp_train',)", "DATASETS.TEST", "()",
-               "INPUT.AVS.SIZE", "32", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "1",
+               "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "1",
                "MODEL.WEIGHTS", str(tmp_path / "init.pth"),
                "MODEL.SELM.VISUAL_WEIGHTS", str(tmp_path / "resnet18.pth"),
                "MODEL.SELM.AUDIO.WEIGHTS", str(tmp_path / "vggish.pth"),

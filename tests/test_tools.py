@@ -1,11 +1,12 @@
 """tools/gpu_check.py runs its steps end to end (on CPU here, without AMP or mamba-ssm);
-tools/benchmark.py's per-part timing sees every part of the paper model;
-tools/ablate.py trains a row, writes the tables and resumes; tools/run_demo.py trains SelM and
-its visual-only twin side by side and draws the summary picture."""
+tools/benchmark.py's per-part timing puts every module of SelM in its part, and each of its
+sections runs (tiny, on the AVS-Synth configs); tools/run_demo.py trains SelM and its
+visual-only twin side by side and draws the summary picture; tools/train_jobs.py shares the
+threads out and reports a failing job."""
+import collections
 import json
 import os
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -15,13 +16,13 @@ from PIL import Image
 from conftest import REPO_ROOT
 
 sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
-import ablate  # noqa: E402
 import benchmark  # noqa: E402
 import gpu_check  # noqa: E402
 import run_demo  # noqa: E402
 import train_jobs  # noqa: E402
 
 
+@pytest.mark.slow
 def test_gpu_check_steps_run_and_report(tmp_path):
     report = gpu_check.main(["--device", "cpu", "--iters", "2", "--clips", "4",
                              "--scan-lengths", "5", "--output-dir", str(tmp_path)])
@@ -43,25 +44,83 @@ def test_gpu_check_without_cuda_says_so(tmp_path):
         gpu_check.main(["--output-dir", str(tmp_path)])
 
 
-def test_benchmark_breakdown_times_every_part_of_the_paper_model(monkeypatch):
-    # The parts are found by module hooks: work that runs outside its part's module forward
-    # would silently move into "other". So the Mamba layers are slowed down by a known time,
-    # which must show up in BCSM's share.
+# The parts of the time breakdown, written out here rather than taken from benchmark.py: each
+# module path prefix of SelM and the part it belongs to.
+EXPECTED_PARTS = [("backbone.", "visual encoder"), ("audio_encoder.", "VGGish"),
+                  ("audio_proj.", "projections"), ("sem_seg_head.in_proj.", "projections"),
+                  ("sem_seg_head.bcsm.", "BCSM"), ("sem_seg_head.clever.", "CLEVER")] + [
+    ("dam.{}.".format(stage), "DAM " + stage) for stage in ("res2", "res3", "res4", "res5")]
+
+
+def _expected_part(path):
+    parts = [label for prefix, label in EXPECTED_PARTS if path.startswith(prefix)]
+    assert len(parts) == 1, path  # no module of SelM outside the parts
+    return parts[0]
+
+
+def test_benchmark_breakdown_puts_every_module_in_its_part(monkeypatch):
+    """The parts are timed by hooks on the model's modules: a module left out would silently
+    move its time into "other". A fake clock makes the check exact: it advances by 1 per call
+    of every innermost module and by 1000 per Mamba scan (a function, not a module, inside
+    BCSM), so each part's "seconds" are a count that is known from the calls themselves."""
     from selm_d2.modeling import mamba
 
-    calls, forward = [], mamba._mixer_forward
-    monkeypatch.setattr(mamba, "_mixer_forward", lambda *a, **k: calls.append(time.sleep(0.02))
-                        or forward(*a, **k))
-    (row,) = benchmark.bench_breakdown("cpu", repeats=1, frames=(2,))
-    seconds = row["seconds"]
-    slept = 0.02 * len(calls) / 2  # per forward: one warm-up and one timed
-    assert slept > 0 and seconds["BCSM"] >= slept and seconds["other"] < slept
-    assert row["T"] == 2
-    assert set(seconds) == {"visual encoder", "VGGish", "DAM res2", "DAM res3", "DAM res4",
-                            "DAM res5", "projections", "BCSM", "CLEVER", "other", "total"}
-    assert all(v > 0 for k, v in seconds.items() if k != "other")
-    parts = sum(v for k, v in seconds.items() if k not in ("other", "total"))
-    assert abs(parts + seconds["other"] - seconds["total"]) < 1e-9
+    cfg = benchmark.load_cfg(benchmark.SYNTH_CONFIG, "cpu")
+    model = benchmark.build_seeded(cfg).eval()
+    now = [0.0]
+    calls = collections.Counter()
+    scans = [0]
+
+    def tick(path):
+        def hook(module, inputs, output):
+            now[0] += 1
+            calls[_expected_part(path)] += 1
+        return hook
+
+    # Registered before the timer's own hooks, so that each tick lands inside its part.
+    for path, module in model.named_modules():
+        if not any(True for _ in module.children()):
+            module.register_forward_hook(tick(path))
+    forward = mamba._mixer_forward
+
+    def slow_mixer(*args, **kwargs):
+        now[0] += 1000
+        calls["BCSM"] += 1000
+        scans[0] += 1
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(mamba, "_mixer_forward", slow_mixer)
+    repeats = 2
+    seconds = benchmark.time_parts(model, benchmark.clip_input(2, cfg.INPUT.AVS.SIZE), "cpu",
+                                   repeats, clock=lambda: now[0])
+    per_call = {part: count / (1 + repeats) for part, count in calls.items()}  # + warm-up
+    assert set(seconds) == set(per_call) | {"other", "total"}
+    assert set(per_call) == {"visual encoder", "VGGish", "DAM res2", "DAM res3", "DAM res4",
+                             "DAM res5", "projections", "BCSM", "CLEVER"}
+    for part, count in per_call.items():
+        assert seconds[part] == count, part
+    # 4 levels x 2 Mamba stacks (video, audio) x NUM_BLOCKS blocks, one scan each per call.
+    assert scans[0] == (1 + repeats) * 4 * 2 * cfg.MODEL.SELM.BCSM.NUM_BLOCKS
+    assert seconds["other"] == 0 and seconds["total"] == sum(per_call.values())
+    # The timer's hooks are gone afterwards (it registered the only pre-hooks).
+    assert all(not m._forward_pre_hooks for m in model.modules())
+
+
+@pytest.mark.slow
+def test_benchmark_quick_runs_every_section(tmp_path):
+    report = benchmark.main(["--quick", "--device", "cpu", "--output-dir", str(tmp_path)])
+    assert set(benchmark.SECTIONS) <= set(report) and report["quick"]
+    with open(tmp_path / "benchmark.json") as f:
+        assert json.load(f) == json.loads(json.dumps(report))
+    for name in ("benchmark.md", "scaling.png", "breakdown.png"):
+        assert (tmp_path / name).is_file(), name
+    table = (tmp_path / "benchmark.md").read_text()
+    assert "--quick" in table and "| AVS-Synth (5 × 64²) |" in table
+    (row,) = report["breakdown"]
+    assert {"visual encoder", "VGGish", "DAM res5", "projections", "BCSM", "CLEVER"} <= set(
+        row["seconds"])
+    assert [r["size"] for r in report["scaling"]["resolution"]] == [64, 96]
+    assert len(report["avss_memory"]) == 3 and report["avss_memory"][0]["T"] == 10
 
 
 def test_benchmark_ratios_pair_the_sides_of_each_round():
@@ -72,87 +131,16 @@ def test_benchmark_ratios_pair_the_sides_of_each_round():
     ratio = benchmark.paired_ratio(selm, encoders)
     assert ratio == pytest.approx({"median": 1.2, "q1": 1.2, "q3": 1.2})
     # The table shows median (quartiles) of each ratio.
-    row = {"backbone": "R50", "rounds": 5, "selm_s": 1.2, "backbone_alone_s": 0.9,
+    row = {"backbone": "R50", "T": 5, "size": 448, "rounds": 5, "selm_s": 1.2, "backbone_alone_s": 0.9,
            "encoders_alone_s": 1.0, "selm_over_backbone": benchmark.paired_ratio(selm, [1.0] * 5),
            "selm_over_encoders": ratio, "clips_per_s": 1 / 1.2}
     table = benchmark.markdown({"machine": {"cpu": "x", "torch": "t", "cpu_threads": 2,
                                             "device": "cpu"}, "latency": [row]})
-    assert "| R50 | 1.200 | 0.900 | 1.000 | 1.20× (1.20–2.40) | 1.20× (1.20–1.20) |" in table
+    assert "| R50 (5 × 448²) | 1.200 | 0.900 | 1.000 | 1.20× (1.20–2.40) | 1.20× (1.20–1.20) |" in table
     assert "median over rounds of that round's ratio" in table
 
 
-def test_ablate_trains_one_row_writes_the_tables_and_skips_finished_runs(tmp_path, monkeypatch):
-    from selm_d2.data.synthetic import generate
-
-    root = str(tmp_path / "data")
-    generate(root, layouts=("ms3",), clips_per_split={"train": 2, "val": 0, "test": 4}, size=32,
-             seed=1, progress=False)
-    # The recipe is a config file of the user's, based on the AVS-Synth one.
-    config = tmp_path / "recipe.yaml"
-    config.write_text("_BASE_: {}\n".format(os.path.join(REPO_ROOT, "configs/synth/ms3.yaml")))
-    # Two runs side by side (--jobs 2), as make ablate trains them.
-    argv = ["--only", "full", "bcsm_off", "--seeds", "0", "--max-iter", "2", "--jobs", "2",
-            "--config-file", str(config), "--output-dir", str(tmp_path / "ablate"),
-            "--dataset", "abl_train=avsbench_ms3:{}:train".format(root),
-            "--dataset", "abl_test=avsbench_ms3:{}:test".format(root),
-            "DATASETS.TRAIN", "('abl_train',)", "DATASETS.TEST", "('abl_test',)",
-            "INPUT.AVS.SIZE", "32", "SOLVER.IMS_PER_BATCH", "2"]
-    results = ablate.main(argv)
-    assert set(results) == {"full", "bcsm_off"} and results["full"]["M_J"]["n"] == 1
-    for row in results:
-        log = (tmp_path / "ablate" / "runs" / row / "seed0" / "train_net.log").read_text()
-        assert "Starting training from iteration 0" in log and "copypaste: " in log
-    assert 0.0 <= results["full"]["M_J"]["mean"] <= 100.0
-    text = (tmp_path / "ablate" / "tables.md").read_text()
-    for title in ("Table 3", "Table 4", "Table 5", "Table 6", "Table 7", "Table 8"):
-        assert title in text
-    assert "| SelM | {:.1f} |".format(results["full"]["M_J"]["mean"]) in text
-    with open(tmp_path / "ablate" / "tables.json") as f:
-        saved = json.load(f)
-    assert saved["rows"]["full"]["runs"][0]["seed"] == 0
-
-    # A finished run is not trained again; another recipe in the same folder is refused.
-    monkeypatch.setattr(ablate, "run_jobs", None)
-    assert ablate.main(argv) == results
-    with pytest.raises(SystemExit, match="another recipe.*opts"):
-        ablate.main(argv + ["SOLVER.BASE_LR", "0.01"])
-    with pytest.raises(SystemExit, match="SOLVER.BASE_LRR"):
-        ablate.main(argv + ["SOLVER.BASE_LRR", "0.01"])
-    # So is a run on AVS-Synth of another frame size (the data is part of the recipe).
-    result = tmp_path / "ablate" / "runs" / "full" / "seed0" / ablate.RESULT_FILE
-    assert saved["rows"]["full"]["runs"][0]["recipe"]["synth_size"] is None  # --dataset
-    stamped = json.loads(result.read_text())
-    stamped["recipe"]["synth_size"] = 128
-    result.write_text(json.dumps(stamped))
-    with pytest.raises(SystemExit, match="another recipe.*synth_size"):
-        ablate.main(argv)
-    stamped["recipe"]["synth_size"] = None
-    result.write_text(json.dumps(stamped))
-    # So is one whose config file has changed since, under the same name and options.
-    config.write_text(config.read_text() + "SOLVER:\n  BASE_LR: 0.01\n")
-    with pytest.raises(SystemExit, match="another recipe.*config_digest"):
-        ablate.main(argv)
-
-
-def test_ablate_summary_and_rows():
-    stats = ablate.summarise([60.0, 62.0, 64.0])
-    assert stats == {"mean": 62.0, "std": 2.0, "n": 3}
-    assert ablate.summarise([5.0])["std"] is None
-    table = ablate.tables({"full": {"M_J": stats, "M_F": stats},
-                           "dam_none": {"M_J": ablate.summarise([58.0]), "M_F": stats}}, "#")
-    assert "| w/o DAM | 58.0 (-4.0) | 62.0 ± 2.0 (+0.0) | 1 |" in table
-    assert "| SelM | 62.0 ± 2.0 | 62.0 ± 2.0 | 3 |" in table
-    # The AVSS head study reports mIoU and F, without a "full" row to compare with.
-    avss = ablate.tables({"head_mix": {"mIoU": stats, "F": ablate.summarise([30.0])}}, "#",
-                         ablate.STUDIES["avss_heads"].tables, ablate.STUDIES["avss_heads"].metrics)
-    assert "| Method | mIoU | F | seeds |" in avss
-    assert "| {} | 62.0 ± 2.0 | 30.0 | 3 |".format(ablate.ROWS["head_mix"][0]) in avss
-    # Every study's rows are defined, and every row is in a table.
-    in_tables = {key for study in ablate.STUDIES.values() for _, rows in study.tables
-                 for key, _ in rows}
-    assert in_tables == set(ablate.ROWS)
-
-
+@pytest.mark.slow
 def test_run_demo_trains_selm_and_its_twin_side_by_side(tmp_path, monkeypatch):
     from selm_d2.data.synthetic import generate
 
@@ -160,7 +148,7 @@ def test_run_demo_trains_selm_and_its_twin_side_by_side(tmp_path, monkeypatch):
              clips_per_split={"train": 2, "val": 0, "test": 4}, size=32, seed=1, progress=False)
     env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "data"))
     env.pop("OMP_NUM_THREADS", None)
-    opts = ["SOLVER.MAX_ITER", "2", "INPUT.AVS.SIZE", "32", "SOLVER.IMS_PER_BATCH", "2"]
+    opts = ["SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "2"]
     root = tmp_path / "demo"
     results = run_demo.train_pair(str(root), env, 0, opts)
     for model in ("selm", "visual_only"):
@@ -176,8 +164,8 @@ def test_run_demo_trains_selm_and_its_twin_side_by_side(tmp_path, monkeypatch):
         assert "SOURCE: silence" in f.read()
     md = run_demo.table({0: results}, [0], 1.0)
     assert "| SelM M_J | {:.1f} | ≥ 90 |".format(selm["M_J"]) in md
-    # The summary picture: per clip, rows ground truth / prediction / BCSM map over its 5
-    # frames, each 32 x 32 frame enlarged to DISPLAY_SIZE so that outlines stay legible.
+    # The summary picture: per clip, rows ground truth / prediction / CLEVER hit map over its
+    # 5 frames, each 32 x 32 frame enlarged to DISPLAY_SIZE so that outlines stay legible.
     monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "data"))
     summary = np.asarray(Image.open(run_demo.render(str(root), 1, opts)))
     assert summary.shape == (3 * run_demo.DISPLAY_SIZE, 5 * run_demo.DISPLAY_SIZE, 3)

@@ -5,6 +5,7 @@ import os
 import pytest
 import torch
 
+from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 
 from conftest import REPO_ROOT, synth_ms3_tree
@@ -28,7 +29,7 @@ def tiny_synth(tmp_path_factory):
 
 def _opts(names, output_dir, max_iter):
     return ["DATASETS.TRAIN", "('{}',)".format(names["train"]), "DATASETS.TEST", "('{}',)".format(names["test"]),
-            "INPUT.AVS.SIZE", "32", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", str(max_iter),
+            "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", str(max_iter),
             "SOLVER.CHECKPOINT_PERIOD", "2", "SOLVER.WARMUP_ITERS", "0", "DATALOADER.NUM_WORKERS", "0",
             "TEST.EVAL_PERIOD", "0", "OUTPUT_DIR", str(output_dir), "MODEL.DEVICE", "cpu"]
 
@@ -42,6 +43,7 @@ def _cfg(names, output_dir, max_iter):
     return cfg
 
 
+@pytest.mark.slow
 def test_train_resume_and_evaluate(tiny_synth, tmp_path):
     from train_net import Trainer, get_parser, main
 
@@ -74,6 +76,7 @@ def test_train_resume_and_evaluate(tiny_synth, tmp_path):
     assert (out / "avs_results_silenced.json").is_file() and (out / "avs_results_swapped.json").is_file()
 
 
+@pytest.mark.slow
 def test_evaluation_inside_training_runs_in_inference_mode_and_training_goes_on(
         tiny_synth, tmp_path, monkeypatch):
     """Trainer.test runs the model under torch.inference_mode; an evaluation in the middle of
@@ -153,6 +156,7 @@ def test_evaluator_type_missing_is_a_clear_error():
         Trainer.build_evaluator(cfg, "_test_train_net_no_type")
 
 
+@pytest.mark.slow
 def test_avss_trains_and_evaluates_with_padded_clips(tmp_path):
     """AVSS-layout clips of 5 and 10 frames, padded to 10: training and mIoU/F evaluation."""
     from train_net import Trainer
@@ -177,29 +181,70 @@ def test_avss_trains_and_evaluates_with_padded_clips(tmp_path):
 
 
 def test_optimizer_groups_follow_the_decay_and_lr_rules(tiny_synth, tmp_path):
-    """One group per (lr, weight decay); norms, embeddings and Mamba's A_log/D are not decayed;
-    the backbone gets its LR multiplier; every trainable parameter is in exactly one group."""
+    """One group per (lr, weight decay); parameters of norm layers get WEIGHT_DECAY_NORM, all
+    others WEIGHT_DECAY; the backbone gets its LR multiplier; frozen parameters are left out;
+    every trainable parameter is in exactly one group."""
     import train_net
     from detectron2.modeling import build_model
 
     cfg = _cfg(tiny_synth, tmp_path, 1)
     cfg.defrost()
     cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1
+    cfg.SOLVER.WEIGHT_DECAY_NORM = 0.0  # the synth config's are equal: make them differ
+    cfg.MODEL.SELM.AUDIO.FREEZE = True
     model = build_model(cfg)
     optimizer = train_net.Trainer.build_optimizer(cfg, model)
     group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(trainable)
+    assert not any(n.startswith("audio_encoder.") for n, _ in trainable)
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(trainable) == len(group_of)
     keys = [(g["lr"], g["weight_decay"]) for g in optimizer.param_groups]
-    assert len(keys) == len(set(keys)) <= 4
-    base, decay = cfg.SOLVER.BASE_LR, cfg.SOLVER.WEIGHT_DECAY
+    assert len(keys) == len(set(keys)) == 4
+    in_norm = {id(p) for m in model.modules() if isinstance(m, train_net._NORM_TYPES)
+               for p in m.parameters(recurse=False)}
+    assert in_norm  # BatchNorm, GroupNorm, LayerNorm
+    base = cfg.SOLVER.BASE_LR
     for name, p in trainable:
         group = group_of[id(p)]
-        no_decay = ("norm" in name or name.endswith(("A_log", "D")) or "query_feat" in name
-                    or "query_embed" in name or ".bn" in name)
-        lr = base * 0.1 if name.startswith("backbone.") else base
-        assert group["lr"] == pytest.approx(lr), name
-        if no_decay:
-            assert group["weight_decay"] == cfg.SOLVER.WEIGHT_DECAY_NORM or group["weight_decay"] == 0.0, name
-        elif name.endswith("weight") and p.dim() > 1:
-            assert group["weight_decay"] == decay, name
+        assert group["lr"] == pytest.approx(base * 0.1 if name.startswith("backbone.") else base), name
+        assert group["weight_decay"] == (0.0 if id(p) in in_norm else cfg.SOLVER.WEIGHT_DECAY), name
+
+
+def _parameters(path, names):
+    return {name: value for name, value in torch.load(path)["model"].items() if name in names}
+
+
+@pytest.mark.slow
+def test_backbone_freeze_iters_holds_the_visual_encoder_through_train_net(tiny_synth, tmp_path):
+    """SOLVER.BACKBONE_FREEZE_ITERS 2 on a 4-iteration run of train_net.py, from a known
+    MODEL.WEIGHTS: after iteration 2 (the checkpoint model_0000001.pth) the visual encoder's
+    parameters are the initial ones while the rest of the model has learnt; after iteration 4
+    the encoder has learnt too. BatchNorm statistics keep updating while it is frozen."""
+    from detectron2.modeling import build_model
+
+    from train_net import get_parser, main
+
+    cfg = _cfg(tiny_synth, tmp_path, 4)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    DetectionCheckpointer(model, save_dir=str(tmp_path)).save("init")
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    backbone = {n for n in names if n.startswith("backbone.")}
+    out = tmp_path / "train"
+    main(get_parser().parse_args(
+        ["--config-file", SYNTH_CONFIG] + _opts(tiny_synth, out, 4)
+        + ["MODEL.WEIGHTS", str(tmp_path / "init.pth"), "SOLVER.BACKBONE_FREEZE_ITERS", "2"]))
+    assert "Visual encoder frozen until iteration 2" in (out / "log.txt").read_text()
+
+    init = _parameters(tmp_path / "init.pth", names)
+    at_2 = _parameters(out / "model_0000001.pth", names)
+    final = _parameters(out / "model_final.pth", names)
+    assert backbone and set(init) == set(at_2) == set(final) == names
+    assert all(torch.equal(at_2[n], init[n]) for n in backbone), "encoder moved while frozen"
+    for module in ("audio_encoder.", "audio_proj.", "dam.", "sem_seg_head."):
+        assert any(not torch.equal(at_2[n], init[n]) for n in names if n.startswith(module)), module
+    unfrozen = [n for n in backbone if not torch.equal(final[n], init[n])]
+    assert len(unfrozen) == len(backbone), sorted(backbone - set(unfrozen))
+    stats = "backbone.stem.conv1.norm.running_mean"
+    assert not torch.equal(torch.load(out / "model_0000001.pth")["model"][stats],
+                           torch.load(tmp_path / "init.pth")["model"][stats])

@@ -1,5 +1,5 @@
-"""VGGish: torchvggish state-dict layout, staged shapes, TF flattening order, weight files,
-and freezing that keeps gradients flowing to inputs and intermediate features."""
+"""VGGish: torchvggish state-dict layout, the authors' torchvggish, TF flattening order,
+weight files, and freezing."""
 import pytest
 import torch
 from detectron2.config import get_cfg
@@ -42,34 +42,45 @@ def audio_cfg(freeze=True, channels=NARROW["channels"], fc_dims=NARROW["fc_dims"
 
 
 def test_default_vggish_layout_and_shapes():
-    torch.manual_seed(0)
     model = VGGish().eval()
     assert {k: list(v.shape) for k, v in model.state_dict().items()} == TORCHVGGISH_LAYOUT
-    assert model.stage_channels == {"conv1": 64, "conv2": 128, "conv3": 256, "conv4": 512}
-
-    x = torch.randn(2, 1, 96, 64)
-    expected = {"conv1": (2, 64, 48, 32), "conv2": (2, 128, 24, 16), "conv3": (2, 256, 12, 8),
-                "conv4": (2, 512, 6, 4)}
     with torch.no_grad():
-        h = x
-        for name in model.stage_names:
-            h = model.forward_stage(name, h)
-            assert tuple(h.shape) == expected[name]
-        embedding = model.forward_embedding(h)
-        assert embedding.shape == (2, 128)
-        assert torch.equal(embedding, model(x))
+        assert model(torch.randn(2, 1, 96, 64)).shape == (2, 128)
+    # The whole network is the only entry point (DAM does not enter VGGish any more).
+    for gone in ("forward_stage", "stage_names", "stage_channels", "forward_embedding"):
+        assert not hasattr(model, gone), gone
+
+
+def test_matches_the_authors_torchvggish():
+    """The authors' torchvggish ``VGG(make_layers())`` with the same weights: same embeddings
+    (their forward transposes to channels-last before flattening, as TensorFlow did)."""
+    import official
+
+    official.require_official()
+    theirs = official.build_official_vggish("avs_ms3", seed=3)
+    ours = VGGish().eval()
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    x = torch.randn(3, 1, 96, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-6)
 
 
 def test_embedding_flattens_channels_last_like_tensorflow():
-    model = VGGish(**NARROW)
-    conv4 = torch.zeros(1, 16, 6, 4)
-    conv4[0, 5, 2, 3] = 1.0  # channel 5, row 2, column 3
+    """One non-zero conv4 activation reaches the first fc layer at TF's NHWC position."""
+    model = VGGish(**NARROW).eval()
     seen = []
     model.embeddings[0].register_forward_hook(lambda m, inputs, out: seen.append(inputs[0]))
-    model.forward_embedding(conv4)
-    # TF's NHWC flattening puts (h, w, c) at (h * 4 + w) * C + c.
+    # Make conv4's output one-hot: the last conv outputs only its bias, then ReLU and max-pool.
+    with torch.no_grad():
+        for module in model.features:
+            if isinstance(module, torch.nn.Conv2d):
+                module.weight.zero_()
+                module.bias.zero_()
+        model.features[-3].bias[5] = 1.0  # channel 5 of conv4's second conv, everywhere
+        model(torch.zeros(1, 1, 96, 64))
     assert seen[0].shape == (1, 16 * 24)
-    assert seen[0][0].nonzero().flatten().tolist() == [(2 * 4 + 3) * 16 + 5]
+    # Channel 5 at every (h, w) of the 6 x 4 grid: (h * 4 + w) * 16 + 5 in NHWC order.
+    assert seen[0][0].nonzero().flatten().tolist() == [i * 16 + 5 for i in range(24)]
 
 
 def test_torchvggish_file_roundtrip(tmp_path):
@@ -114,20 +125,13 @@ def test_weight_file_errors(tmp_path):
 def test_frozen_vggish_passes_gradients_but_trains_nothing():
     torch.manual_seed(0)
     model = VGGish(audio_cfg(freeze=True))
-    assert not any(p.requires_grad for p in model.parameters())
+    assert model.frozen and not any(p.requires_grad for p in model.parameters())
     parent = torch.nn.ModuleDict({"audio": model}).train()
     assert parent.training and not model.training
-
-    # A trainable scale between conv1 and conv2 stands in for DAM.
-    dam_scale = torch.nn.Parameter(torch.tensor(1.5))
     x = torch.randn(2, 1, 96, 64, requires_grad=True)
-    h = model.forward_stage("conv1", x) * dam_scale
-    for name in model.stage_names[1:]:
-        h = model.forward_stage(name, h)
-    model.forward_embedding(h).square().sum().backward()
-    assert x.grad is not None and x.grad.abs().sum() > 0
-    assert dam_scale.grad is not None and dam_scale.grad != 0
+    model(x).square().sum().backward()
     assert all(p.grad is None for p in model.parameters())
+    assert x.grad is not None
 
 
 def test_unfrozen_vggish_trains():
@@ -137,11 +141,9 @@ def test_unfrozen_vggish_trains():
     assert all(p.grad is not None for p in model.parameters())
 
 
-def test_bad_stage_and_input_size():
+def test_bad_input_size_and_widths():
     model = VGGish(**NARROW)
-    with pytest.raises(KeyError, match="conv5"):
-        model.forward_stage("conv5", torch.zeros(1, 1, 96, 64))
-    with pytest.raises(ValueError, match=r"\(6, 4\)"):
-        model.forward_embedding(torch.zeros(1, 16, 5, 4))
+    with pytest.raises(ValueError, match=r"\(96, 64\)"):
+        model(torch.zeros(1, 1, 96, 60))
     with pytest.raises(ValueError, match="MODEL.SELM.AUDIO.CHANNELS"):
         VGGish(channels=(4, 8, 16))

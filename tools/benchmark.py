@@ -3,23 +3,33 @@
 
     python tools/benchmark.py                                  # every section, CPU or CUDA
     python tools/benchmark.py --sections latency scan --repeats 5
+    python tools/benchmark.py --quick                          # every section, tiny: a check
 
 Writes ``benchmark.json`` (all numbers + the machine), ``benchmark.md`` (the README table)
 and ``scaling.png`` (latency vs frames per clip) into ``--output-dir``. Sections:
 
-- latency: one clip (T=5, 224²) through SelM, through its visual backbone alone, and through
-  its two encoders alone (backbone + VGGish), for the R50 and PVT-v2-b5 paper configs;
-- scaling: SelM-R50 latency at T = 5, 10, 20, 40 and at 160², 224², 320²;
-- breakdown: SelM-R50 time per part (encoders, DAM per stage, projections, BCSM, CLEVER, the
-  rest) at T = 5 and 40, from forward hooks, as a table and ``breakdown.png``;
-- train: one training step (forward + backward + AdamW) of SelM-R50 and of the AVS-Synth model;
+- latency: one clip (T=5 at the config's INPUT.AVS.SIZE, 448² for MS3) through SelM, through
+  its visual backbone alone, and through its two encoders alone (backbone + VGGish), for the
+  R50 and PVT-v2-b5 MS3 paper configs;
+- scaling: SelM-R50 (224², configs/s4/selm_R50.yaml) latency at T = 5, 10, 20, 40 and at
+  160², 224², 320² (one model per size: CLEVER's position embeddings follow the input size);
+- breakdown: SelM-R50 (224²) time per part (visual encoder, VGGish, DAM per stage, the 1x1
+  projections, BCSM, CLEVER, the rest) at T = 5 and 40, from forward hooks on the model's own
+  modules, as a table and ``breakdown.png``;
+- train: one training step (forward + backward + AdamW) of SelM-R50 (224²) and of the
+  AVS-Synth model;
 - scan: BCSM's selective scan, vectorised vs step-by-step, fwd + bwd (and mamba-ssm on CUDA);
 - data: clip loading throughput (5 frames 224², wav decoding + log-mel) with 0, 1, 2 workers;
-- flops: parameters and FLOPs (torch's FlopCounterMode) of the paper configs;
+- flops: parameters and FLOPs (torch's FlopCounterMode) of one clip through the MS3 paper configs;
 - avss_memory: peak memory above the model's own footprint of one 10-frame 1280x720 clip
   through the R50 AVSS config in eval, for each output a caller can ask for (full-size
   probabilities, per-pixel labels, the evaluator's request at TEST.AVS.EVAL_SIZE), each in a
   fresh process.
+
+``--quick`` runs every section on the AVS-Synth configs (configs/synth/) with few frames,
+small sizes and one repeat: it checks that the script works in about a minute on a CPU; its
+numbers say nothing about the paper models.
+
 Latencies and scaling series are timed interleaved: one call of each side per round. A ratio
 is the median over rounds of that round's ratio, with its quartiles, so that a slow spell of a
 shared machine lands on both sides of it (``--latency-rounds``, default 15). Inference is
@@ -50,15 +60,43 @@ from train_net import Trainer  # noqa: E402
 
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 PAPER_CONFIGS = {"R50": "configs/ms3/selm_R50.yaml", "PVT-v2-b5": "configs/ms3/selm_pvt_v2_b5.yaml"}
+# SelM-R50 at 224² (the S4 config; MS3's R50 runs at 448²) for scaling, breakdown and train.
+R50_CONFIG = "configs/s4/selm_R50.yaml"
 AVSS_CONFIG = "configs/avss/selm_R50.yaml"
 SYNTH_CONFIG = "configs/synth/ms3.yaml"
+SYNTH_AVSS_CONFIG = "configs/synth/avss.yaml"
 SECTIONS = ("latency", "scaling", "breakdown", "train", "scan", "data", "flops", "avss_memory")
-# What a caller can ask SelM to return (keys of the input clip dict), for avss_memory.
-AVSS_OUTPUT_REQUESTS = {
-    "probabilities at 1280x720 (default)": {},
-    "labels at 1280x720 (demo)": {"output_format": "labels"},
-    "evaluator at EVAL_SIZE 224": None,  # filled from the evaluator itself
+# What each section measures, by default and with --quick (the AVS-Synth models, tiny inputs).
+DEFAULT_PLAN = {
+    "paper_configs": PAPER_CONFIGS, "r50_config": R50_CONFIG, "avss_config": AVSS_CONFIG,
+    "train_configs": {"SelM-R50 (224², T=5)": (R50_CONFIG, 4),
+                      "SelM AVS-Synth (configs/synth/ms3.yaml)": (SYNTH_CONFIG, None)},
+    "scaling_frames": (5, 10, 20, 40), "scaling_sizes": (160, 224, 320),
+    "breakdown_frames": (5, 40), "scan_length": 1024, "data_clips": 48, "data_size": 224,
+    "data_workers": (0, 1, 2), "avss_output_size": (720, 1280),
 }
+QUICK_PLAN = {
+    "paper_configs": {"AVS-Synth": SYNTH_CONFIG}, "r50_config": SYNTH_CONFIG,
+    "avss_config": SYNTH_AVSS_CONFIG,
+    "train_configs": {"SelM AVS-Synth (configs/synth/ms3.yaml)": (SYNTH_CONFIG, 2)},
+    "scaling_frames": (2, 4), "scaling_sizes": (64, 96), "breakdown_frames": (2,),
+    "scan_length": 64, "data_clips": 4, "data_size": 64, "data_workers": (0, 1),
+    "avss_output_size": (72, 128),
+}
+# What a caller can ask SelM to return (keys of the input clip dict), for avss_memory; the
+# evaluator's request is asked of the evaluator itself.
+AVSS_OUTPUT_REQUESTS = {
+    "probabilities at {w}x{h} (default)": {},
+    "labels at {w}x{h} (demo)": {"output_format": "labels"},
+}
+
+
+def size_opts(size):
+    """Config options that run a model at ``size``² input: INPUT.AVS.SIZE and CLEVER's
+    position embeddings, one per layer at size / 16, / 8, / 4 (their sides are fixed by the
+    input size, so another size is another model)."""
+    return ["INPUT.AVS.SIZE", size,
+            "MODEL.SELM.CLEVER.POS_EMBED_SIZES", [size // 16, size // 8, size // 4]]
 
 
 def load_cfg(path, device, opts=()):
@@ -145,11 +183,12 @@ def _encoders_alone(model, images, audio):
     model.audio_encoder(audio)
 
 
-def bench_latency(device, repeats):
+def bench_latency(device, repeats, configs=PAPER_CONFIGS):
     rows = []
-    for name, path in PAPER_CONFIGS.items():
-        model = build_seeded(load_cfg(path, device)).eval()
-        clip = clip_input(5, 224)
+    for name, path in configs.items():
+        cfg = load_cfg(path, device)
+        model = build_seeded(cfg).eval()
+        clip = clip_input(cfg.INPUT.AVS.NUM_FRAMES, cfg.INPUT.AVS.SIZE)
         images = ((clip["image"].float() - model.pixel_mean.cpu()) / model.pixel_std.cpu()).to(device)
         audio = clip["audio"].to(device)
         with torch.inference_mode():
@@ -159,7 +198,8 @@ def bench_latency(device, repeats):
                                        device, repeats)
         selm, backbone, encoders = (statistics.median(times[k])
                                     for k in ("selm", "backbone", "encoders"))
-        rows.append({"backbone": name, "rounds": repeats, "selm_s": selm,
+        rows.append({"backbone": name, "T": cfg.INPUT.AVS.NUM_FRAMES, "size": cfg.INPUT.AVS.SIZE,
+                     "rounds": repeats, "selm_s": selm,
                      "backbone_alone_s": backbone, "encoders_alone_s": encoders,
                      "selm_over_backbone": paired_ratio(times["selm"], times["backbone"]),
                      "selm_over_encoders": paired_ratio(times["selm"], times["encoders"]),
@@ -167,61 +207,81 @@ def bench_latency(device, repeats):
     return rows
 
 
-def bench_scaling(device, repeats):
-    """SelM-R50 latency over T and over frame size, each series timed interleaved."""
-    model = build_seeded(load_cfg(PAPER_CONFIGS["R50"], device)).eval()
+def bench_scaling(device, repeats, config=R50_CONFIG, frames=(5, 10, 20, 40),
+                  sizes=(160, 224, 320)):
+    """SelM latency over T (at the config's size) and over frame size (T=5, one model per
+    size), each series timed interleaved."""
+    cfg = load_cfg(config, device)
+    models = {size: build_seeded(load_cfg(config, device, size_opts(size))).eval()
+              for size in sizes}
+    if cfg.INPUT.AVS.SIZE not in models:
+        models[cfg.INPUT.AVS.SIZE] = build_seeded(cfg).eval()
 
     def series(shapes):
         clips = {shape: clip_input(*shape) for shape in shapes}
         with torch.inference_mode():
-            return interleaved({shape: (lambda c=clip: model([c])) for shape, clip in clips.items()},
-                               device, repeats)
+            return interleaved({shape: (lambda c=clip, m=models[shape[1]]: m([c]))
+                                for shape, clip in clips.items()}, device, repeats)
 
-    frames = series([(t, 224) for t in (5, 10, 20, 40)])
-    sizes = series([(5, size) for size in (160, 224, 320)])
-    return {"frames": [{"T": t, "size": size, "latency_s": v} for (t, size), v in frames.items()],
-            "resolution": [{"T": t, "size": size, "latency_s": v} for (t, size), v in sizes.items()]}
-
-
-# Parts of SelM in the time breakdown, by the first component of a module's path that names
-# one (pre-processing, token pooling and post-processing are what remains).
-BREAKDOWN_PARTS = (("backbone", "visual encoder"), ("audio_encoder", "VGGish"), ("dam", "DAM"),
-                   ("visual_proj", "projections"), ("audio_proj", "projections"),
-                   ("bcsm", "BCSM"), ("clever", "CLEVER"))
+    by_frames = series([(t, cfg.INPUT.AVS.SIZE) for t in frames])
+    by_size = series([(cfg.INPUT.AVS.NUM_FRAMES, size) for size in sizes])
+    return {"frames": [{"T": t, "size": s, "latency_s": v} for (t, s), v in by_frames.items()],
+            "resolution": [{"T": t, "size": s, "latency_s": v} for (t, s), v in by_size.items()]}
 
 
-def _breakdown_part(path):
-    parts = path.split(".")
-    for name, label in BREAKDOWN_PARTS:
-        if name in parts:
-            index = parts.index(name)
-            if name == "dam":  # one row per DAM stage
-                return "DAM " + parts[index + 1] if len(parts) > index + 1 else None
+# Parts of SelM in the time breakdown: a module path (in ``SelM``) and the part its module and
+# everything inside it belong to. DAM gets one part per stage ("DAM res2", ...). What runs
+# outside these modules is "other": normalisation, padding masks, post-processing.
+BREAKDOWN_PARTS = (("backbone", "visual encoder"), ("audio_encoder", "VGGish"),
+                   ("audio_proj", "projections"), ("dam", "DAM"),
+                   ("sem_seg_head.in_proj", "projections"), ("sem_seg_head.bcsm", "BCSM"),
+                   ("sem_seg_head.clever", "CLEVER"))
+
+
+def breakdown_part(path):
+    """The part of the module at ``path`` (``BREAKDOWN_PARTS``), or None."""
+    for prefix, label in BREAKDOWN_PARTS:
+        if path == prefix or path.startswith(prefix + "."):
+            if prefix == "dam":  # one part per stage; the ModuleDict itself never runs
+                stage = path[len(prefix) + 1:].split(".")[0]
+                return "DAM " + stage if stage else None
             return label
     return None
 
 
 class ModuleTimer:
-    """Wall time of each part of a model (``BREAKDOWN_PARTS``) from forward hooks.
+    """Time spent in each part of a model (``BREAKDOWN_PARTS``), from forward hooks.
 
-    Only the outermost call of a part is timed, so nested modules are not counted twice.
+    Every module of a part is hooked (the model calls some of them through methods, e.g. the
+    backbone's ``forward_stage``, not through the part's own ``forward``); only the outermost
+    call in progress is timed, so nested modules are not counted twice.
+
+    Args:
+        clock: seconds, ``time.perf_counter`` unless a test gives another.
     """
 
-    def __init__(self, model, device):
+    def __init__(self, model, device, clock=time.perf_counter):
         self.device = device
+        self.clock = clock
         self.seconds = {}
         self._depth, self._start, self._part = 0, 0.0, None
+        self._handles = []
         for path, module in model.named_modules():
-            part = _breakdown_part(path) if path else None
+            part = breakdown_part(path)
             if part is not None:
-                module.register_forward_pre_hook(self._enter(part))
-                module.register_forward_hook(self._leave)
+                self._handles.append(module.register_forward_pre_hook(self._enter(part)))
+                self._handles.append(module.register_forward_hook(self._leave))
+
+    def remove(self):
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
 
     def _enter(self, part):
         def hook(module, inputs):
             if self._depth == 0:
                 _sync(self.device)
-                self._start, self._part = time.perf_counter(), part
+                self._start, self._part = self.clock(), part
             self._depth += 1
         return hook
 
@@ -230,32 +290,38 @@ class ModuleTimer:
         if self._depth == 0:
             _sync(self.device)
             self.seconds[self._part] = (self.seconds.get(self._part, 0.0)
-                                        + time.perf_counter() - self._start)
+                                        + self.clock() - self._start)
 
 
-def bench_breakdown(device, repeats, frames=(5, 40)):
-    """Per-part time of one SelM-R50 clip (224²) at each T of ``frames`` (medians of repeats);
-    "other" is what no part covers (normalisation, padding, token pooling, post-processing)."""
-    model = build_seeded(load_cfg(PAPER_CONFIGS["R50"], device)).eval()
-    timer = ModuleTimer(model, device)
-    rows = []
-    for t in frames:
-        clip = clip_input(t, 224)
-        runs = []
+def time_parts(model, clip, device, repeats, clock=time.perf_counter):
+    """{part: median seconds over ``repeats`` calls of ``model([clip])``} after one warm-up
+    call, with "other" (what no part covers) and "total"; parts + other = total."""
+    timer = ModuleTimer(model, device, clock)
+    runs = []
+    try:
         with torch.inference_mode():
             model([clip])  # warm-up
             for _ in range(repeats):
                 timer.seconds = {}
                 _sync(device)
-                start = time.perf_counter()
+                start = clock()
                 model([clip])
                 _sync(device)
-                total = time.perf_counter() - start
+                total = clock() - start
                 runs.append(dict(timer.seconds, other=total - sum(timer.seconds.values()),
                                  total=total))
-        rows.append({"T": t, "seconds": {part: statistics.median(r[part] for r in runs)
-                                         for part in runs[0]}})
-    return rows
+    finally:
+        timer.remove()
+    return {part: statistics.median(r[part] for r in runs) for part in runs[0]}
+
+
+def bench_breakdown(device, repeats, frames=(5, 40), config=R50_CONFIG):
+    """Per-part time of one SelM clip (at the config's size) at each T of ``frames``."""
+    cfg = load_cfg(config, device)
+    model = build_seeded(cfg).eval()
+    return [{"T": t, "size": cfg.INPUT.AVS.SIZE,
+             "seconds": time_parts(model, clip_input(t, cfg.INPUT.AVS.SIZE), device, repeats)}
+            for t in frames]
 
 
 def _train_step_time(cfg, device, repeats, batch):
@@ -274,12 +340,14 @@ def _train_step_time(cfg, device, repeats, batch):
     return {"batch_clips": batch, "step_s": seconds, "clips_per_s": batch / seconds}
 
 
-def bench_train(device, repeats):
-    return {
-        "SelM-R50 (224², T=5)": _train_step_time(load_cfg(PAPER_CONFIGS["R50"], device), device, repeats, 4),
-        "SelM AVS-Synth (configs/synth/ms3.yaml)": _train_step_time(
-            load_cfg(SYNTH_CONFIG, device), device, repeats, load_cfg(SYNTH_CONFIG, device).SOLVER.IMS_PER_BATCH),
-    }
+def bench_train(device, repeats, configs=DEFAULT_PLAN["train_configs"]):
+    """One training step per ``configs`` entry, {name: (config, clips per batch or None for
+    the config's SOLVER.IMS_PER_BATCH)}."""
+    results = {}
+    for name, (path, batch) in configs.items():
+        cfg = load_cfg(path, device)
+        results[name] = _train_step_time(cfg, device, repeats, batch or cfg.SOLVER.IMS_PER_BATCH)
+    return results
 
 
 def bench_scan(device, repeats, length=1024, d_inner=256, d_state=16):
@@ -318,43 +386,51 @@ def bench_scan(device, repeats, length=1024, d_inner=256, d_state=16):
     return result
 
 
-def bench_data(clips=48):
-    """Loading throughput of the real loader + mapper on generated 224² S4-layout clips."""
-    from detectron2.data import DatasetCatalog, build_detection_test_loader
+def bench_data(clips=48, size=224, workers=(0, 1, 2)):
+    """Loading throughput of the real loader + mapper on generated S4-layout clips."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader
 
     from selm_d2.data import AVSClipDatasetMapper, register_avs_dataset
     from selm_d2.data.synthetic import generate
 
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        generate(tmp, layouts=("s4",), clips_per_split={"train": clips, "val": 0, "test": 0}, size=224, seed=0)
+        generate(tmp, layouts=("s4",), clips_per_split={"train": clips, "val": 0, "test": 0},
+                 size=size, seed=0, progress=False)
         name = "_benchmark_s4_{}".format(os.getpid())
+        if name in DatasetCatalog.list():  # a second run in the same process
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
         register_avs_dataset(name, tmp, "avsbench_s4", split="train")
-        cfg = load_cfg(SYNTH_CONFIG, "cpu", ["INPUT.AVS.SIZE", 224, "INPUT.AVS.AUDIO.SOURCE", "wav"])
+        cfg = load_cfg(SYNTH_CONFIG, "cpu", ["INPUT.AVS.SIZE", size, "INPUT.AVS.AUDIO.SOURCE", "wav"])
         dicts = DatasetCatalog.get(name)
         mapper = AVSClipDatasetMapper(cfg, is_train=True)
-        for workers in (0, 1, 2):
-            loader = build_detection_test_loader(dicts, mapper=mapper, num_workers=workers)
+        for n in workers:
+            loader = build_detection_test_loader(dicts, mapper=mapper, num_workers=n)
             start = time.perf_counter()
             count = sum(1 for _ in loader)
-            results.append({"workers": workers, "clips_per_s": count / (time.perf_counter() - start)})
+            results.append({"workers": n, "size": size,
+                            "clips_per_s": count / (time.perf_counter() - start)})
     return results
 
 
-def bench_flops(device):
-    """Parameters and FLOPs of one clip. torch's dispatch-level FlopCounterMode, not fvcore's
-    jit tracer: tracing cannot enter the Mamba scan's custom autograd Function."""
+def bench_flops(device, configs=PAPER_CONFIGS):
+    """Parameters and FLOPs of one clip (at the config's size). torch's dispatch-level
+    FlopCounterMode, not fvcore's jit tracer: tracing cannot enter the Mamba scan's custom
+    autograd Function."""
     from torch.utils.flop_counter import FlopCounterMode
 
     rows = []
-    for name, path in PAPER_CONFIGS.items():
-        model = build_seeded(load_cfg(path, device)).eval()
-        clip = clip_input(5, 224)
+    for name, path in configs.items():
+        cfg = load_cfg(path, device)
+        model = build_seeded(cfg).eval()
+        clip = clip_input(cfg.INPUT.AVS.NUM_FRAMES, cfg.INPUT.AVS.SIZE)
         counter = FlopCounterMode(display=False)
         # Not under no_grad: FlopCounterMode's module tracker hooks autograd.
         with counter:
             model([clip])
-        rows.append({"backbone": name, "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
+        rows.append({"backbone": name, "T": cfg.INPUT.AVS.NUM_FRAMES, "size": cfg.INPUT.AVS.SIZE,
+                     "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
                      "backbone_params_M": sum(p.numel() for p in model.backbone.parameters()) / 1e6,
                      "gflops_per_clip": counter.get_total_flops() / 1e9})
     return rows
@@ -368,12 +444,14 @@ def _proc_status_mb(field):
     raise RuntimeError("no {} in /proc/self/status".format(field))
 
 
-def _avss_clip_peak(device, request):
+def _avss_clip_peak(device, request, config=AVSS_CONFIG, output_size=(720, 1280)):
     """In a fresh process: (model footprint MB, peak MB above it) of one eval pass."""
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    cfg = load_cfg(AVSS_CONFIG, device)
+    cfg = load_cfg(config, device)
     model = build_seeded(cfg).eval()
-    clip = dict(clip_input(10, cfg.INPUT.AVS.SIZE), height=720, width=1280, **request)
+    height, width = output_size
+    clip = dict(clip_input(cfg.INPUT.AVS.NUM_FRAMES, cfg.INPUT.AVS.SIZE), height=height,
+                width=width, **request)
     if device == "cuda":
         torch.cuda.synchronize()
         footprint = torch.cuda.memory_allocated() / 2**20
@@ -392,21 +470,26 @@ def _avss_clip_peak(device, request):
     return footprint, peak - footprint
 
 
-def bench_avss_memory(device):
-    """Peak memory of one 10-frame 1280x720 AVSS clip (R50, 71 classes) per output request."""
+def bench_avss_memory(device, config=AVSS_CONFIG, output_size=(720, 1280)):
+    """Peak memory of one 10-frame AVSS clip (R50, 71 classes) at ``output_size`` (height,
+    width; 1280x720) per output request."""
     from selm_d2.evaluation import model_output_request
 
-    eval_size = load_cfg(AVSS_CONFIG, device).TEST.AVS.EVAL_SIZE
-    requests = dict(AVSS_OUTPUT_REQUESTS)
-    requests["evaluator at EVAL_SIZE 224"] = model_output_request("avss", eval_size)
+    cfg = load_cfg(config, device)
+    eval_size = cfg.TEST.AVS.EVAL_SIZE
+    height, width = output_size
+    requests = {name.format(w=width, h=height): request
+                for name, request in AVSS_OUTPUT_REQUESTS.items()}
+    requests["evaluator at EVAL_SIZE {}".format(eval_size)] = model_output_request("avss", eval_size)
     rows = []
     # spawn: each measurement starts from a process that has never held a clip.
     context = multiprocessing.get_context("spawn")
     for name, request in tqdm.tqdm(requests.items(), desc="avss memory", leave=False):
         with context.Pool(1) as pool:
-            footprint, above = pool.apply(_avss_clip_peak, (device, request))
-        rows.append({"output": name, "request": request, "model_footprint_mb": footprint,
-                     "peak_above_model_mb": above})
+            footprint, above = pool.apply(_avss_clip_peak, (device, request, config, output_size))
+        rows.append({"output": name, "request": request, "T": cfg.INPUT.AVS.NUM_FRAMES,
+                     "height": height, "width": width, "classes": cfg.MODEL.SELM.NUM_CLASSES + 1,
+                     "model_footprint_mb": footprint, "peak_above_model_mb": above})
     return rows
 
 
@@ -432,23 +515,26 @@ def machine_info(device):
 
 def markdown(report):
     m = report["machine"]
-    lines = ["Measured on {} ({}, torch {}, {} threads) by `python tools/benchmark.py`.".format(
-        m.get("gpu", "CPU"), m["cpu"], m["torch"], m["cpu_threads"]), ""]
+    lines = ["Measured on {} ({}, torch {}, {} threads) by `python tools/benchmark.py{}`.".format(
+        m.get("gpu", "CPU"), m["cpu"], m["torch"], m["cpu_threads"],
+        " --quick` (AVS-Synth models, tiny inputs: a check of the script, not a measurement of "
+        "the paper models" if report.get("quick") else ""), ""]
     if "latency" in report:
-        lines += ["| one clip, T=5, 224² | SelM (s) | visual backbone alone (s) | backbone + VGGish (s) "
+        lines += ["| one clip (frames × size) | SelM (s) | visual backbone alone (s) | backbone + VGGish (s) "
                   "| SelM / backbone | SelM / encoders |", "|---|---|---|---|---|---|"]
 
         def ratio(r):
             return "{median:.2f}× ({q1:.2f}–{q3:.2f})".format(**r)
 
         for r in report["latency"]:
-            lines.append("| {backbone} | {selm_s:.3f} | {backbone_alone_s:.3f} | {encoders_alone_s:.3f} | ".format(**r)
+            lines.append("| {backbone} ({T} × {size}²) | {selm_s:.3f} | {backbone_alone_s:.3f} | "
+                         "{encoders_alone_s:.3f} | ".format(**r)
                          + "{} | {} |".format(ratio(r["selm_over_backbone"]), ratio(r["selm_over_encoders"])))
         lines += ["", "Seconds: medians over {} interleaved rounds; ratios: the median over rounds of "
                   "that round's ratio (quartiles in brackets).".format(report["latency"][0]["rounds"]), ""]
     if "scaling" in report:
-        lines += ["| SelM-R50 latency | " + " | ".join("T={T}".format(**r) for r in report["scaling"]["frames"])
-                  + " | " + " | ".join("{size}²".format(**r) for r in report["scaling"]["resolution"]) + " |",
+        lines += ["| SelM latency | " + " | ".join("T={T} ({size}²)".format(**r) for r in report["scaling"]["frames"])
+                  + " | " + " | ".join("{size}² (T={T})".format(**r) for r in report["scaling"]["resolution"]) + " |",
                   "|---" * (1 + len(report["scaling"]["frames"]) + len(report["scaling"]["resolution"])) + "|",
                   "| seconds | " + " | ".join("{:.3f}".format(r["latency_s"]) for r in report["scaling"]["frames"])
                   + " | " + " | ".join("{:.3f}".format(r["latency_s"]) for r in report["scaling"]["resolution"]) + " |",
@@ -456,7 +542,7 @@ def markdown(report):
     if "breakdown" in report:
         rows = report["breakdown"]
         parts = sorted(rows[0]["seconds"], key=lambda p: (p in ("other", "total"), p))
-        lines += ["| SelM-R50 time per part (224²) | " + " | ".join(
+        lines += ["| SelM time per part ({}²) | ".format(rows[0]["size"]) + " | ".join(
             "T={T} (s) | per frame (ms)".format(**r) for r in rows) + " |",
             "|---" * (1 + 2 * len(rows)) + "|"]
         for part in parts:
@@ -478,19 +564,20 @@ def markdown(report):
             lines.append("| mamba-ssm CUDA kernel | {:.4f} |".format(s["mamba_ssm_s"]))
         lines.append("")
     if "data" in report:
-        lines += ["| data loading (5 × 224² frames + wav + log-mel) | " + " | ".join(
+        lines += ["| data loading (5 × {}² frames + wav + log-mel) | ".format(report["data"][0]["size"]) + " | ".join(
             "{workers} workers".format(**r) for r in report["data"]) + " |",
             "|---" * (1 + len(report["data"])) + "|",
             "| clips/s | " + " | ".join("{:.1f}".format(r["clips_per_s"]) for r in report["data"]) + " |", ""]
     if "flops" in report:
-        lines += ["| paper config | params (M) | of which visual backbone (M) | GFLOPs / clip (T=5, 224²) |",
+        lines += ["| config (frames × size) | params (M) | of which visual backbone (M) | GFLOPs / clip |",
                   "|---|---|---|---|"]
         for r in report["flops"]:
-            lines.append("| {backbone} | {params_M:.1f} | {backbone_params_M:.1f} | {gflops_per_clip:.1f} |".format(**r))
+            lines.append("| {backbone} ({T} × {size}²) | {params_M:.1f} | {backbone_params_M:.1f} | "
+                         "{gflops_per_clip:.1f} |".format(**r))
         lines.append("")
     if "avss_memory" in report:
-        lines += ["| one AVSS clip, 10 × 1280×720, R50, 71 classes, eval | model footprint (MB) | "
-                  "peak above it (MB) |", "|---|---|---|"]
+        lines += ["| one AVSS clip, {T} × {width}×{height}, {classes} classes, eval | model footprint (MB) | "
+                  "peak above it (MB) |".format(**report["avss_memory"][0]), "|---|---|---|"]
         for r in report["avss_memory"]:
             lines.append("| {output} | {model_footprint_mb:.0f} | {peak_above_model_mb:.0f} |"
                          .format(**r))
@@ -522,7 +609,7 @@ def scaling_plot(report, path):
     fig, ax = plt.subplots(figsize=(5, 3.5))
     xs = [r["T"] for r in frames]
     ys = [r["latency_s"] for r in frames]
-    ax.plot(xs, ys, "o-", label="SelM-R50, 224²")
+    ax.plot(xs, ys, "o-", label="SelM, {}²".format(frames[0]["size"]))
     ax.plot(xs, [ys[0] * x / xs[0] for x in xs], "--", color="gray", label="linear in T")
     ax.set_xlabel("frames per clip (T)")
     ax.set_ylabel("latency per clip (s)")
@@ -545,7 +632,8 @@ def breakdown_plot(report, path):
     ax.set_yticklabels(parts)
     ax.invert_yaxis()
     ax.set_xlabel("ms per frame")
-    ax.set_title("SelM-R50 time per part on {}".format(report["machine"].get("gpu", "CPU")))
+    ax.set_title("SelM time per part ({}²) on {}".format(rows[0]["size"],
+                                                     report["machine"].get("gpu", "CPU")))
     ax.legend()
     _save_figure(fig, path)
 
@@ -553,25 +641,38 @@ def breakdown_plot(report, path):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--latency-rounds", type=int, default=15,
+    parser.add_argument("--repeats", type=int, default=None, help="default 3 (--quick: 1)")
+    parser.add_argument("--latency-rounds", type=int, default=None,
                         help="interleaved rounds of the latency section, whose ratios need more "
-                             "than --repeats on a shared machine")
+                             "than --repeats on a shared machine; default 15 (--quick: 5)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--output-dir", default="output/benchmark")
+    parser.add_argument("--quick", action="store_true",
+                        help="every section on the AVS-Synth configs, tiny inputs, 1 repeat and 5 "
+                             "latency rounds (unless given): checks the script, not the paper models")
     args = parser.parse_args(argv)
+    plan = QUICK_PLAN if args.quick else DEFAULT_PLAN
+    if args.repeats is None:
+        args.repeats = 1 if args.quick else 3
+    if args.latency_rounds is None:
+        args.latency_rounds = 5 if args.quick else 15
     os.makedirs(args.output_dir, exist_ok=True)
 
     report = {"machine": machine_info(args.device), "peak_memory_mb": {}}
+    if args.quick:
+        report["quick"] = True
     runners = {
-        "latency": lambda: bench_latency(args.device, args.latency_rounds),
-        "scaling": lambda: bench_scaling(args.device, args.repeats),
-        "breakdown": lambda: bench_breakdown(args.device, args.repeats),
-        "train": lambda: bench_train(args.device, args.repeats),
-        "scan": lambda: bench_scan(args.device, args.repeats),
-        "data": bench_data,
-        "flops": lambda: bench_flops(args.device),
-        "avss_memory": lambda: bench_avss_memory(args.device),
+        "latency": lambda: bench_latency(args.device, args.latency_rounds, plan["paper_configs"]),
+        "scaling": lambda: bench_scaling(args.device, args.repeats, plan["r50_config"],
+                                         plan["scaling_frames"], plan["scaling_sizes"]),
+        "breakdown": lambda: bench_breakdown(args.device, args.repeats, plan["breakdown_frames"],
+                                             plan["r50_config"]),
+        "train": lambda: bench_train(args.device, args.repeats, plan["train_configs"]),
+        "scan": lambda: bench_scan(args.device, args.repeats, length=plan["scan_length"]),
+        "data": lambda: bench_data(plan["data_clips"], plan["data_size"], plan["data_workers"]),
+        "flops": lambda: bench_flops(args.device, plan["paper_configs"]),
+        "avss_memory": lambda: bench_avss_memory(args.device, plan["avss_config"],
+                                                 plan["avss_output_size"]),
     }
     for section in tqdm.tqdm(args.sections, desc="benchmark", unit="section"):
         if args.device == "cuda":
@@ -588,6 +689,7 @@ def main(argv=None):
     if "breakdown" in report:
         breakdown_plot(report, os.path.join(args.output_dir, "breakdown.png"))
     print(table)
+    return report
 
 
 if __name__ == "__main__":

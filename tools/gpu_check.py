@@ -33,8 +33,8 @@ from selm_d2.utils import write_text_atomic  # noqa: E402
 from train_net import Trainer  # noqa: E402
 
 SYNTH_CONFIG = os.path.join(TOOLS, "..", "configs", "synth", "ms3.yaml")
-# Sequence lengths BCSM scans (audio: T=5 tokens; V2A: T * pool_size^2) and a long one.
-MAMBA_LENGTHS = (5, 80, 1024)
+# Sequence lengths BCSM's Mamba stacks scan (one token per frame: T = 5, AVSS 10) and a long one.
+MAMBA_LENGTHS = (5, 10, 1024)
 
 
 def train_and_evaluate(device, iters, clips, output_dir):

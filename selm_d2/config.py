@@ -73,8 +73,9 @@ def add_selm_config(cfg):
     cfg.MODEL.SELM.CLEVER.PROJECTOR_UPSAMPLES = 2
     # The token also gives the mask a bias (authors: S4/MS3 yes, AVSS no).
     cfg.MODEL.SELM.CLEVER.PROJECTOR_BIAS = True
-    # Gumbel noise in the pixel-to-token assignment at inference too (the authors'); False
-    # assigns each pixel to its most similar token (deterministic).
+    # Gumbel noise in the pixel-to-token assignment at inference too (the authors'), drawn
+    # from a generator seeded with SEED at every call; False assigns each pixel to its most
+    # similar token.
     cfg.MODEL.SELM.CLEVER.INFERENCE_NOISE = True
 
     # Losses: mask DICE + BCE (binary) or CE (AVSS), plus a_i * DICE of CLEVER's hit maps.

@@ -15,6 +15,7 @@ from selm_d2.modeling.clever import (
     Fusion,
     TokenGrouping,
     build_selm_decoder,
+    gumbel_noise,
     hard_gumbel_softmax,
 )
 
@@ -248,6 +249,33 @@ def test_inference_noise_switch():
     first = clever(features, audio, mask)[0]
     torch.manual_seed(1)
     assert not torch.equal(first, clever(features, audio, mask)[0])
+
+
+def test_inference_noise_seeded_by_seed():
+    """With a seed (the configs' SEED), inference draws the noise of each call from a generator
+    seeded with it: the same output whatever the global random state, and the output the
+    global generator gives right after torch.manual_seed(SEED), as the authors' code draws."""
+    features, audio, mask = _decoder_inputs()
+    seeded = _clever(noise=True, noise_seed=123)
+    unseeded = _clever(noise=True)
+    with torch.no_grad():
+        torch.manual_seed(0)
+        first = seeded(features, audio, mask)
+        torch.manual_seed(1)
+        second = seeded(features, audio, mask)
+        torch.manual_seed(123)
+        reference = unseeded(features, audio, mask)
+    assert torch.equal(first[0], second[0]) and torch.equal(first[0], reference[0])
+    for a, b in zip(first[1], reference[1]):
+        assert torch.equal(a, b)
+
+
+def test_gumbel_noise_draws_what_torch_distributions_draws():
+    torch.manual_seed(21)
+    expected = torch.distributions.gumbel.Gumbel(torch.tensor(0.0), torch.tensor(1.0)).sample(
+        (3, 257))
+    generator = torch.Generator().manual_seed(21)
+    assert torch.equal(gumbel_noise((3, 257), torch.zeros(()), generator), expected)
 
 
 def test_audio_layers_switch():

@@ -4,7 +4,9 @@ For each of the six released models: the authors' model is built with seeded ran
 its state dict (and a random VGGish) converted with ``selm_d2.official.convert_official``, and
 both are fed the same frames and log-mel examples. Inference must give the same mask logits
 and hit maps; one training step the same loss and the same gradient on every parameter.
-Both draw the decoder's Gumbel noise from the global generator, seeded alike before each call.
+The decoder's Gumbel noise: in training both draw it from the global generator, seeded alike;
+at inference SelM-D2 draws it from a generator seeded with SEED, the authors' code from the
+global one, seeded with SEED before the call.
 """
 import pytest
 import torch
@@ -118,7 +120,9 @@ def test_inference_matches_the_authors_code(pair):
     pair.model.eval()
     valid = clip["frame_valid"]
     with torch.no_grad():
-        torch.manual_seed(7)
+        # The authors draw the decoder's noise from the global generator (seeded once with
+        # their seed); SelM-D2 at inference from one seeded with SEED at every call.
+        torch.manual_seed(pair.cfg.SEED)
         ref_logits, _, ref_maps = pair.run_reference(normalised, clip["audio"], valid)
         torch.manual_seed(7)
         logits, maps, _ = pair.model.forward_logits(normalised, clip["audio"], valid[None])

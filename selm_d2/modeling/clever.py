@@ -12,8 +12,9 @@ Two learnable tokens; three layers, coarse to fine. Layer i
 The mask is a dynamic 1x1 convolution of the upsampled final map whose weights are a linear
 function of the last token (``DynamicProjector``; AVSS: one map per class).
 
-The authors sample Gumbel noise at inference too (``noise=True``); ``noise=False`` assigns
-each pixel to its most similar token instead.
+The authors sample Gumbel noise at inference too (``noise=True``, drawn from a generator
+seeded with ``SEED`` at every call); ``noise=False`` assigns each pixel to its most similar
+token instead.
 """
 import torch
 from torch import nn
@@ -22,7 +23,8 @@ from torch.nn import functional as F
 from detectron2.config import configurable
 from detectron2.utils.registry import Registry
 
-__all__ = ["CLEVER", "SELM_DECODER_REGISTRY", "build_selm_decoder", "hard_gumbel_softmax"]
+__all__ = ["CLEVER", "SELM_DECODER_REGISTRY", "build_selm_decoder", "gumbel_noise",
+           "hard_gumbel_softmax"]
 
 SELM_DECODER_REGISTRY = Registry("SELM_DECODER")
 SELM_DECODER_REGISTRY.__doc__ = """Decoders of SelMHead (MODEL.SELM.CLEVER.NAME): built with
@@ -33,15 +35,22 @@ def build_selm_decoder(cfg):
     return SELM_DECODER_REGISTRY.get(cfg.MODEL.SELM.CLEVER.NAME)(cfg)
 
 
-def hard_gumbel_softmax(logits, tau, dim, noise=True):
+def gumbel_noise(shape, like, generator=None):
+    """Gumbel(0, 1) samples, the values ``torch.distributions.Gumbel(0, 1).sample(shape)``
+    draws from the same generator state (that class reads only the global generator)."""
+    info = torch.finfo(like.dtype)
+    low = torch.tensor(info.tiny, dtype=like.dtype, device=like.device)
+    high = torch.tensor(1 - info.eps, dtype=like.dtype, device=like.device)
+    uniform = torch.rand(shape, generator=generator, dtype=like.dtype, device=like.device)
+    return -torch.log(-torch.log(low + uniform * (high - low)))
+
+
+def hard_gumbel_softmax(logits, tau, dim, noise=True, generator=None):
     """One-hot argmax along ``dim`` in the forward pass, softmax gradients in the backward
-    (straight-through). With ``noise``, Gumbel(0, 1) noise is added first, drawn from the
-    global generator as ``torch.distributions.Gumbel`` draws it."""
+    (straight-through). With ``noise``, Gumbel(0, 1) noise from ``generator`` (None: the
+    global one) is added first."""
     if noise:
-        gumbel = torch.distributions.gumbel.Gumbel(
-            torch.tensor(0.0, device=logits.device, dtype=logits.dtype),
-            torch.tensor(1.0, device=logits.device, dtype=logits.dtype))
-        logits = logits + gumbel.sample(logits.shape)
+        logits = logits + gumbel_noise(logits.shape, logits, generator)
     soft = (logits / tau).softmax(dim)
     index = soft.max(dim, keepdim=True)[1]
     hard = torch.zeros_like(logits).scatter_(dim, index, 1.0)
@@ -118,7 +127,8 @@ class TokenGrouping(nn.Module):
     """Assign every pixel to one token and update the tokens from their pixels.
 
     tokens [N, K, d], features [N, d, h, w], pos_embed [h*w, d]
-    -> (tokens [N, K, d], assignment [N, K, h, w]); ``noise``: Gumbel noise or plain argmax.
+    -> (tokens [N, K, d], assignment [N, K, h, w]); ``noise``: Gumbel noise (from
+    ``generator``) or plain argmax.
     """
 
     def __init__(self, dim, dropout):
@@ -134,14 +144,14 @@ class TokenGrouping(nn.Module):
         self.mlp = Mlp(dim, 2 * dim, dropout)
         self.tau = nn.Parameter(torch.ones(1))
 
-    def forward(self, tokens, features, pos_embed, noise=True):
+    def forward(self, tokens, features, pos_embed, noise=True, generator=None):
         n, _, h, w = features.shape
         pixels = self.norm_v(features.flatten(2).transpose(1, 2) + pos_embed)
         query = _l2norm(self.q_proj(self.norm_t(tokens)))
         key = _l2norm(self.k_proj(pixels))
         similarity = query @ key.transpose(1, 2)  # [N, K, hw]
         tau = self.tau.clamp(max=0).exp()
-        assignment = hard_gumbel_softmax(similarity, tau, dim=1, noise=noise)
+        assignment = hard_gumbel_softmax(similarity, tau, dim=1, noise=noise, generator=generator)
         weights = assignment / (assignment.sum(dim=-1, keepdim=True) + 1)
         update = self.proj_drop(self.proj(weights @ self.v_proj(pixels)))
         tokens = self.mlp(self.norm(update + tokens))
@@ -187,7 +197,7 @@ class CLEVER(nn.Module):
     @configurable
     def __init__(self, *, dim, num_tokens, num_outputs, pos_embed_sizes, audio_layers,
                  audio_dropout, grouping_dropout, projector_upsamples, projector_bias,
-                 noise=True):
+                 noise=True, noise_seed=-1):
         """
         NOTE: this interface is experimental.
 
@@ -201,6 +211,10 @@ class CLEVER(nn.Module):
             grouping_dropout: per layer, dropout of the grouping update.
             projector_upsamples, projector_bias: see ``DynamicProjector``.
             noise: Gumbel noise in the assignments at inference (the authors' do).
+            noise_seed: at inference, the noise of every call is drawn from a generator
+                seeded with it, so that predictions do not depend on what ran before (the
+                order of clips, the number of processes); < 0: the global generator. Training
+                always draws from the global generator.
         """
         super().__init__()
         num_layers = len(pos_embed_sizes)
@@ -220,6 +234,7 @@ class CLEVER(nn.Module):
         self.pos_embed_sizes = list(pos_embed_sizes)
         self.projector = DynamicProjector(dim, num_outputs, projector_upsamples, projector_bias)
         self.noise = noise
+        self.noise_seed = noise_seed
 
     @classmethod
     def from_config(cls, cfg):
@@ -236,6 +251,7 @@ class CLEVER(nn.Module):
             "projector_upsamples": clever.PROJECTOR_UPSAMPLES,
             "projector_bias": clever.PROJECTOR_BIAS,
             "noise": clever.INFERENCE_NOISE,
+            "noise_seed": cfg.SEED,
         }
 
     def forward(self, features, audio, audio_mask):
@@ -249,6 +265,10 @@ class CLEVER(nn.Module):
              list of per-layer assignment maps [N, num_tokens, h_i, w_i], coarse to fine).
         """
         tokens = self.tokens.weight[None].expand(features[0].shape[0], -1, -1)
+        noise = self.noise or self.training
+        generator = None
+        if noise and not self.training and self.noise_seed >= 0:
+            generator = torch.Generator(tokens.device).manual_seed(self.noise_seed)
         x, maps = features[0], []
         for i, fine in enumerate(features[1:]):
             x = self.fuses[i](x, fine)
@@ -260,7 +280,7 @@ class CLEVER(nn.Module):
                     "/ 16, / 8, / 4".format(i, size, size, tuple(x.shape[-2:])))
             if isinstance(self.audio_loads[i], AudioLoad):
                 tokens = self.audio_loads[i](tokens, audio, audio_mask)
-            tokens, assignment = self.groupings[i](tokens, x, self.pos_embeds[i],
-                                                   noise=self.noise or self.training)
+            tokens, assignment = self.groupings[i](tokens, x, self.pos_embeds[i], noise=noise,
+                                                   generator=generator)
             maps.append(assignment)
         return self.projector(x, tokens[:, -1]), maps

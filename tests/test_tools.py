@@ -150,7 +150,7 @@ def test_run_demo_trains_selm_and_its_twin_side_by_side(tmp_path, monkeypatch):
     env.pop("OMP_NUM_THREADS", None)
     opts = ["SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "2"]
     root = tmp_path / "demo"
-    results = run_demo.train_pair(str(root), env, 0, opts)
+    results = run_demo.train_pair(str(root), env, 0, opts, twin=True)
     for model in ("selm", "visual_only"):
         assert 0.0 <= results[model]["M_J"] <= 100.0
         assert (root / model / "model_final.pth").is_file()

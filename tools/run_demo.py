@@ -3,10 +3,11 @@
 
 1. generate AVS-Synth (MS3 layout) under $DETECTRON2_DATASETS/avs_synth at the config's
    INPUT.AVS.SIZE (no-op when present);
-2. train SelM (configs/synth/ms3.yaml) with train_net.py, resuming if interrupted, and
-3. at the same time its visual-only twin (same recipe, every clip hears silence), each with
-   half of the CPU threads (tools/train_jobs.py); the twin's log is output/demo/visual_only.log;
-4. evaluate both after training (SelM also with silenced / swapped audio);
+2. train SelM (configs/synth/ms3.yaml) with train_net.py, resuming if interrupted;
+3. with ``--twin``, at the same time its visual-only twin (same recipe, every clip hears
+   silence), each with half of the CPU threads (tools/train_jobs.py); the twin's log is
+   output/demo/visual_only.log;
+4. evaluate after training (SelM also with silenced / swapped audio);
 5. draw overlays and CLEVER hit maps of test clips into output/demo/overlays/ and a summary
    picture output/demo/summary.png; print and save the results table (output/demo/results.md).
 
@@ -65,24 +66,29 @@ def read_metrics(output_dir):
     return metrics
 
 
-def train_pair(root, env, seed, opts=()):
-    """Train and evaluate SelM and its visual-only twin side by side (tools/train_jobs.py).
+def train_pair(root, env, seed, opts=(), twin=False):
+    """Train and evaluate SelM and, with ``twin``, its visual-only twin side by side
+    (tools/train_jobs.py).
 
     SelM's log goes to this console, the twin's to ``<root>/visual_only.log``; ``opts`` are
     config options for both.
-    Returns: {"selm": metrics, "visual_only": metrics}.
+    Returns: {"selm": metrics[, "visual_only": metrics]}.
     """
     seed_opts = list(opts) + ["SEED", str(seed)]
     selm_dir, twin_dir = os.path.join(root, "selm"), os.path.join(root, "visual_only")
-    jobs = [(train_command(selm_dir, seed_opts, illusion=True), None),
-            (train_command(twin_dir, seed_opts + ["INPUT.AVS.AUDIO.SOURCE", "silence"],
-                           illusion=False), twin_dir + ".log")]
+    jobs = [(train_command(selm_dir, seed_opts, illusion=True), None)]
+    if twin:
+        jobs.append((train_command(twin_dir, seed_opts + ["INPUT.AVS.AUDIO.SOURCE", "silence"],
+                                   illusion=False), twin_dir + ".log"))
     for cmd, log in jobs:
         print("\n$ " + " ".join(cmd) + ("  > " + log if log else ""), flush=True)
     run_jobs(jobs, job_env(env, len(jobs)), REPO)
     selm = read_metrics(selm_dir)
     selm["swapped_drop"] = selm["M_J"] - selm["swapped/M_J"]
-    return {"selm": selm, "visual_only": read_metrics(twin_dir)}
+    results = {"selm": selm}
+    if twin:
+        results["visual_only"] = read_metrics(twin_dir)
+    return results
 
 
 def render(out_root, num_clips, opts=()):
@@ -141,7 +147,7 @@ def table(results, seeds, minutes):
         ", ".join(map(str, seeds)))
     lines = ["| AVS-Synth MS3 test (100 clips) | {} | target |".format(header), "|---|---|---|"]
     for label, model, key, target in ROWS:
-        values = [r[model].get(key) for r in results.values()]
+        values = [r.get(model, {}).get(key) for r in results.values()]
         if any(v is None for v in values):
             continue
         if len(values) == 1:
@@ -159,7 +165,9 @@ def main(argv=None):
     parser.add_argument("--render-clips", type=int, default=4)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0],
                         help="train and evaluate with each seed; report mean ± std")
-    parser.add_argument("opts", nargs=argparse.REMAINDER,
+    parser.add_argument("--twin", action="store_true",
+                        help="also train the visual-only twin (silent audio) side by side")
+    parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER,
                         help="config options (KEY VALUE ...) for both trainings; the README's "
                              "numbers use none")
     args = parser.parse_args(argv)
@@ -176,7 +184,7 @@ def main(argv=None):
     results = {}
     for seed in args.seeds:
         root = out_root if seed == args.seeds[0] else os.path.join(out_root, "seed{}".format(seed))
-        results[seed] = train_pair(root, env, seed, args.opts)
+        results[seed] = train_pair(root, env, seed, args.opts, twin=args.twin)
     os.environ["DETECTRON2_DATASETS"] = env["DETECTRON2_DATASETS"]
     summary = render(out_root, args.render_clips, args.opts)
 

@@ -12,7 +12,7 @@ PY := $(VENV)/bin/python
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.selm_d2-installed
 
-.PHONY: install test demo bench app clean-demo
+.PHONY: install test test-fast demo bench app clean-demo
 
 install: $(STAMP)
 
@@ -28,6 +28,10 @@ $(STAMP): setup.py tools/install_detectron2.py tools/fetch_mamba_reference.py Ma
 
 test: install
 	$(PY) -m pytest -q
+
+# The tests that take seconds: no full-size models, no multi-process runs, no browser.
+test-fast: install
+	$(PY) -m pytest -q -m "not slow and not dist and not browser"
 
 demo: install
 	$(PY) tools/run_demo.py

@@ -190,6 +190,18 @@ def test_task_config_carries_the_authors_values(name, avsbench_meta_dir):
         assert cfg.INPUT.AVS.NUM_FRAMES == 5 and cfg.INPUT.AVS.PAD_TO_FRAMES == 0
 
 
+@pytest.mark.parametrize("name", ["avss/selm_R50", "avss/selm_pvt_v2_b5"])
+def test_avss_configs_train_as_the_authors_avss_script(name):
+    """avss/train.py trains under autocast with a GradScaler and converts BatchNorm to
+    SyncBatchNorm (the ResNet's; PVT-v2 has none)."""
+    official.require_official()
+    train_py = _read("avss", "train.py")
+    cfg = load(name + ".yaml")
+    assert ("GradScaler" in train_py) == cfg.SOLVER.AMP.ENABLED
+    if cfg.MODEL.BACKBONE.NAME == "StagedResNet":
+        assert ("convert_sync_batchnorm" in train_py) == (cfg.MODEL.RESNETS.NORM == "SyncBN")
+
+
 def test_ms3_resnet_is_the_only_config_with_a_frozen_encoder():
     """A cross-check by hand of the previous test's reading of train.py: 15 epochs of 296
     clips at batch 1 for MS3 / ResNet-50, nothing elsewhere."""

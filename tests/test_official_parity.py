@@ -16,6 +16,7 @@ from torch.nn import functional as F
 from detectron2.modeling import build_model
 
 from selm_d2 import load_config
+from selm_d2.modeling import clever as clever_module
 from selm_d2.official import OFFICIAL_CONFIGS, convert_official, identify_official
 
 import official
@@ -95,16 +96,11 @@ class Pair:
         return total
 
 
-_PAIRS = {}
-
-
-@pytest.fixture(params=CASES, ids=["{}-{}".format(*c) for c in CASES])
+@pytest.fixture(scope="module", params=CASES, ids=["{}-{}".format(*c) for c in CASES])
 def pair(request):
-    # One pair at a time: a PVT-v2-b5 pair holds about 1.5 GB of weights.
-    if request.param not in _PAIRS:
-        _PAIRS.clear()
-        _PAIRS[request.param] = Pair(*request.param)
-    return _PAIRS[request.param]
+    # Module scope: pytest runs a case's tests together and builds each pair once (a
+    # PVT-v2-b5 pair holds about 1.5 GB of weights).
+    return Pair(*request.param)
 
 
 def test_identify_and_convert_without_leftovers(pair):
@@ -140,7 +136,64 @@ def test_inference_matches_the_authors_code(pair):
     assert probs.shape[0] == int(valid.sum()) and probs.shape[-2:] == (224, 224)
 
 
-def test_training_step_matches_the_authors_code(pair):
+def _decisive_noise(shape, index):
+    """Gumbel noise stand-in for the training step: at every pixel one token, drawn at random,
+    gets +3. Straight-through assignments are argmaxes, and with real Gumbel noise some pixels
+    are near-ties that a rounding difference flips; a margin of at least 1 (cosine similarities
+    lie in [-1, 1]) rules that out, while the softmax behind the straight-through gradient
+    stays unsaturated."""
+    g = torch.Generator().manual_seed(1000 + index)
+    winner = torch.randint(0, shape[1], (shape[0], 1) + tuple(shape[2:]), generator=g)
+    return torch.zeros(shape).scatter_(1, winner, 3.0)
+
+
+class _NoiseInjector:
+    """Hands both decoders the same sequence of ``_decisive_noise`` tensors."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, shape):
+        self.calls += 1
+        return _decisive_noise(tuple(shape), self.calls)
+
+
+def _reference_step(pair, clip, normalised, monkeypatch, exact_a2v_norm=False):
+    """The authors' loss and {SelM-D2 name: gradient} of one training step.
+
+    ``exact_a2v_norm`` computes the InstanceNorm of their A2V branch in float64: the same
+    function, without the float32 rounding that it divides by sqrt(eps).
+    """
+    inject = _NoiseInjector()
+    monkeypatch.setattr(torch.distributions.gumbel.Gumbel, "sample",
+                        lambda self, shape: inject(shape))
+    handles = []
+    if exact_a2v_norm:
+        for module in pair.ref.modules():
+            if type(module).__name__ == "AV_Interaction":
+                norm = module.vis_out[1]
+                handles.append(norm.register_forward_hook(
+                    lambda m, args, out: F.instance_norm(args[0].double(), eps=m.eps).float()))
+    pair.ref.zero_grad()
+    output, _, maps = pair.run_reference(normalised, clip["audio"], clip["frame_valid"])
+    loss = pair.reference_loss(output, maps, clip)
+    loss.backward()
+    for handle in handles:
+        handle.remove()
+    monkeypatch.undo()
+    grads = {name: p.grad for name, p in pair.ref.named_parameters() if p.grad is not None}
+    return loss.item(), convert_official(grads, {})
+
+
+def test_training_step_matches_the_authors_code(pair, monkeypatch):
+    """One training step: the same loss, and the same gradient on every parameter.
+
+    Their DAM InstanceNorms a map that is constant over the pixels (the attended audio of one
+    token): its gradient is 0 in exact arithmetic and rounding divided by sqrt(eps) in
+    floating point, and it reaches every parameter before BCSM. A tensor passes when SelM-D2's
+    gradient is within 1e-4 x max |gradient| of theirs, plus twice that rounding's share of
+    theirs: how much theirs moves when that InstanceNorm is computed in float64.
+    """
     clip, normalised = pair.clip(seed=2)
     pair.ref.train()
     pair.ref.freeze(False)  # the authors' MS3 ResNet-50 is frozen only for its first epochs
@@ -149,30 +202,29 @@ def test_training_step_matches_the_authors_code(pair):
             module.p = 0.0
         if hasattr(module, "drop_prob"):
             module.drop_prob = 0.0
-    pair.model.train()
-    pair.ref.zero_grad()
-    pair.model.zero_grad()
+    ref_loss, ref_grads = _reference_step(pair, clip, normalised, monkeypatch)
 
-    torch.manual_seed(11)
-    output, _, maps = pair.run_reference(normalised, clip["audio"], clip["frame_valid"])
-    ref_loss = pair.reference_loss(output, maps, clip)
-    ref_loss.backward()
-    torch.manual_seed(11)
-    losses = pair.model([clip])
-    loss = sum(losses.values())
+    pair.model.train()
+    pair.model.zero_grad()
+    inject = _NoiseInjector()
+    monkeypatch.setattr(clever_module, "gumbel_noise", lambda shape, like, generator=None:
+                        inject(shape).to(like))
+    loss = sum(pair.model([clip]).values())
     loss.backward()
 
-    assert abs(loss.item() - ref_loss.item()) <= 1e-5 * abs(ref_loss.item())
-    ref_grads = convert_official({name: p.grad for name, p in pair.ref.named_parameters()
-                                  if p.grad is not None}, {})
-    checked = 0
-    for name, p in pair.model.named_parameters():
-        if not p.requires_grad:
-            assert name.startswith("audio_encoder.")  # VGGish is frozen on both sides
-            continue
-        theirs = ref_grads[name]
-        scale = theirs.abs().max().item()
-        assert p.grad is not None, name
-        assert (p.grad - theirs).abs().max().item() <= 1e-4 * scale + 1e-12, name
-        checked += 1
-    assert checked == sum(1 for p in pair.model.parameters() if p.requires_grad)
+    assert abs(loss.item() - ref_loss) <= 1e-5 * abs(ref_loss)
+    trained = {name: p for name, p in pair.model.named_parameters() if p.requires_grad}
+    assert all(name.startswith("audio_encoder.")  # VGGish is frozen on both sides
+               for name, p in pair.model.named_parameters() if not p.requires_grad)
+    assert all(p.grad is not None for p in trained.values())
+    differences = {name: ((p.grad - ref_grads[name]).abs().max().item(),
+                          ref_grads[name].abs().max().item()) for name, p in trained.items()}
+    loose = [name for name, (d, scale) in differences.items() if d > 1e-4 * scale]
+    if loose:  # their own rounding share, measured only where it is needed
+        _, exact = _reference_step(pair, clip, normalised, monkeypatch, exact_a2v_norm=True)
+        for name in loose:
+            d, scale = differences[name]
+            own = (exact[name] - ref_grads[name]).abs().max().item()
+            assert d <= 1e-4 * scale + 2 * own, (name, d, scale, own)
+    print("{} of {} gradients within 1e-4 x max |gradient|".format(
+        len(trained) - len(loose), len(trained)))

@@ -1,9 +1,7 @@
 """Run several ``train_net.py`` commands at once, the CPU threads shared out between them.
 
-On a small CPU most of a CPU training step of the AVS-Synth models is many small operators
-that one thread runs about as fast as two, so two trainings side by side, one thread each,
-finish in about the time of one with both threads (README, "make demo"). Used by
-``tools/run_demo.py`` (SelM and its visual-only twin) and ``tools/ablate.py`` (``--jobs``).
+Each job gets an equal share of the CPU threads, so that jobs do not oversubscribe the cores.
+Used by ``tools/run_demo.py`` (SelM and, with ``--twin``, its visual-only twin).
 """
 import os
 import subprocess

@@ -15,7 +15,6 @@ frame). Pixels marked ``ignore_value`` are left out. A batch without any annotat
 returns zeros that still reach every prediction, so distributed training sees gradients for
 every parameter.
 """
-import torch
 from torch import nn
 from torch.nn import functional as F
 

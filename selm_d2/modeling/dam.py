@@ -15,7 +15,6 @@ its own, so the audio reaches the visual features (a SelM-D2 variant).
 """
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 __all__ = ["DAM", "AUDIO_ATTENTIONS"]
 

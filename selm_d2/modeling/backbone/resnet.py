@@ -4,7 +4,6 @@ import re
 
 
 from detectron2.config import configurable
-from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone.resnet import (
     BasicBlock,

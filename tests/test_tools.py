@@ -187,3 +187,39 @@ def test_train_jobs_split_the_threads_and_report_a_failing_job(tmp_path):
             dict(os.environ), str(tmp_path))
     assert "print('fine')" not in str(err.value)
     assert ok.read_text().endswith("fine\n")
+
+
+@pytest.mark.slow
+def test_benchmark_official_times_both_sides(tmp_path):
+    """The official section on S4 R50, one round: both sides' times and peak memory, ratios
+    that are the quotient of the two sides (one round: the median of one ratio), the table."""
+    import official
+
+    if os.environ.get("SELM_BENCH_OFFICIAL") != "1":
+        # Full-size models, four calls per side and a memory profile: too long for every run.
+        pytest.skip("times two full-size models: SELM_BENCH_OFFICIAL=1 runs it")
+    official.require_official()
+    official.require_mamba_sdist()
+    report = benchmark.main(["--sections", "official", "--official-models", "s4:R50",
+                             "--repeats", "1", "--device", "cpu", "--output-dir", str(tmp_path)])
+    with open(tmp_path / "benchmark.json") as f:
+        saved = json.load(f)
+    assert saved == json.loads(json.dumps(report))
+    (row,) = saved["official"]
+    assert (row["task"], row["backbone"], row["T"], row["size"]) == ("s4", "R50", 5, 224)
+    assert row["rounds"] == 1 and row["amp"] is None
+    for part, target in (("inference", 0.8), ("train_step", 1.0)):
+        side = row[part]
+        assert side["selm_d2_ms"] > 0 and side["official_ms"] > 0, part
+        assert len(side["selm_d2_ms_rounds"]) == len(side["official_ms_rounds"]) == 1
+        quotient = side["selm_d2_ms"] / side["official_ms"]
+        assert side["ratio"] == pytest.approx({"median": quotient, "q1": quotient, "q3": quotient})
+        assert side["target_ratio"] == target and side["target_met"] == (quotient <= target)
+        memory = row["peak_memory_mb"][part]
+        assert memory["selm_d2"] > 0 and memory["official"] > 0, part
+        assert memory["target_met"] == (memory["selm_d2"] <= memory["official"])
+    assert row["weights_mb"]["selm_d2"] > 0 and row["weights_mb"]["official"] > 0
+    table = (tmp_path / "benchmark.md").read_text()
+    assert "| s4 | R50 | 5 × 224² | {:.0f} | {:.0f} | ".format(
+        row["inference"]["selm_d2_ms"], row["inference"]["official_ms"]) in table
+    assert "CPU " in table and "no optimizer step" in table

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Speed and memory of SelM on whatever device this runs on (SPEC §7).
+"""Speed and memory of SelM on whatever device this runs on.
 
     python tools/benchmark.py                                  # every section, CPU or CUDA
     python tools/benchmark.py --sections latency scan --repeats 5
@@ -10,7 +10,7 @@ and ``scaling.png`` (latency vs frames per clip) into ``--output-dir``. Sections
 
 - latency: one clip (T=5 at the config's INPUT.AVS.SIZE, 448² for MS3) through SelM, through
   its visual backbone alone, and through its two encoders alone (backbone + VGGish), for the
-  R50 and PVT-v2-b5 MS3 paper configs;
+  R50 and PVT-v2-b5 MS3 configs;
 - scaling: SelM-R50 (224², configs/s4/selm_R50.yaml) latency at T = 5, 10, 20, 40 and at
   160², 224², 320² (one model per size: CLEVER's position embeddings follow the input size);
 - breakdown: SelM-R50 (224²) time per part (visual encoder, VGGish, DAM per stage, the 1x1
@@ -20,11 +20,21 @@ and ``scaling.png`` (latency vs frames per clip) into ``--output-dir``. Sections
   AVS-Synth model;
 - scan: BCSM's selective scan, vectorised vs step-by-step, fwd + bwd (and mamba-ssm on CUDA);
 - data: clip loading throughput (5 frames 224², wav decoding + log-mel) with 0, 1, 2 workers;
-- flops: parameters and FLOPs (torch's FlopCounterMode) of one clip through the MS3 paper configs;
+- flops: parameters and FLOPs (torch's FlopCounterMode) of one clip through the MS3 configs;
 - avss_memory: peak memory above the model's own footprint of one 10-frame 1280x720 clip
   through the R50 AVSS config in eval, for each output a caller can ask for (full-size
   probabilities, per-pixel labels, the evaluator's request at TEST.AVS.EVAL_SIZE), each in a
-  fresh process.
+  fresh process;
+- official (only when ``--sections`` names it): SelM-D2 against the SelM authors' own code
+  (../shared/reference/selm_official, loaded by tests/official.py) for each of their six
+  released models (``--official-models s4:R50 ms3:PVT ...``), with the same weights
+  (``selm_d2.official.convert_official``) on the same clip at the task's input size and frame
+  count: inference per clip (SelM-D2's whole ``model([clip])`` vs their VGGish + model), one
+  training step (forward + loss + backward, no optimizer step) and the peak memory of each,
+  timed interleaved over ``--repeats`` rounds after a warm-up round; ``--amp [bf16|fp16]`` runs
+  both under torch.autocast. Its table prints the targets: inference ratio <= 0.8, training
+  step ratio <= 1.0, SelM-D2's peak memory <= theirs. On CPU an MS3 PVT clip takes tens of
+  seconds per call.
 
 ``--quick`` runs every section on the AVS-Synth configs (configs/synth/) with few frames,
 small sizes and one repeat: it checks that the script works in about a minute on a CPU; its
@@ -37,6 +47,7 @@ timed under ``torch.inference_mode``, as the demo's predictor and ``Trainer.test
 Peak memory: CUDA max allocated on GPU; on CPU the process's peak RSS after each section.
 """
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
@@ -66,6 +77,8 @@ AVSS_CONFIG = "configs/avss/selm_R50.yaml"
 SYNTH_CONFIG = "configs/synth/ms3.yaml"
 SYNTH_AVSS_CONFIG = "configs/synth/avss.yaml"
 SECTIONS = ("latency", "scaling", "breakdown", "train", "scan", "data", "flops", "avss_memory")
+# Sections that run only when --sections names them.
+OPTIONAL_SECTIONS = ("official",)
 # What each section measures, by default and with --quick (the AVS-Synth models, tiny inputs).
 DEFAULT_PLAN = {
     "paper_configs": PAPER_CONFIGS, "r50_config": R50_CONFIG, "avss_config": AVSS_CONFIG,
@@ -136,15 +149,26 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def interleaved_rounds(fns, device, repeats, warmup=1):
+def interleaved_rounds(fns, device, repeats, warmup=1, progress=None, alternate=False):
     """{name: [seconds per round]} of each ``fns[name]()``, timed round-robin (one call of each
-    per round) so that machine noise lands on every side of a ratio rather than on one block."""
+    per round) so that machine noise lands on every side of a ratio rather than on one block.
+
+    ``progress``: a tqdm description to show the rounds under (none by default).
+    ``alternate``: every second round calls the functions in reverse order, so that no side
+    always runs right after the same other one (whose leftovers, caches or allocator state it
+    would otherwise always inherit)."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
+    rounds = range(repeats)
+    if progress is not None:
+        rounds = tqdm.tqdm(rounds, desc=progress, unit="round", leave=False)
+    for index in rounds:
+        order = list(fns.items())
+        if alternate and index % 2:
+            order.reverse()
+        for name, fn in order:
             _sync(device)
             start = time.perf_counter()
             fn()
@@ -162,6 +186,8 @@ def interleaved(fns, device, repeats, warmup=1):
 def paired_ratio(numerators, denominators):
     """Median and quartiles over rounds of numerator / denominator of the same round."""
     ratios = [a / b for a, b in zip(numerators, denominators)]
+    if len(ratios) == 1:  # statistics.quantiles needs two points (Python < 3.13)
+        return {"median": ratios[0], "q1": ratios[0], "q3": ratios[0]}
     q1, median, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
     return {"median": median, "q1": q1, "q3": q3}
 
@@ -493,6 +519,484 @@ def bench_avss_memory(device, config=AVSS_CONFIG, output_size=(720, 1280)):
     return rows
 
 
+# --------------------------------------------------------------------------- official
+
+# The six released models of the SelM authors, (task, backbone) as in
+# selm_d2.official.OFFICIAL_CONFIGS, and the authors' folder of each task.
+OFFICIAL_MODELS = (("s4", "R50"), ("s4", "PVT"), ("ms3", "R50"), ("ms3", "PVT"),
+                   ("avss", "R50"), ("avss", "PVT"))
+OFFICIAL_FOLDERS = {"s4": "avs_s4", "ms3": "avs_ms3", "avss": "avss"}
+# Where tests/official.py finds the authors' code: ../shared/reference beside the repository.
+OFFICIAL_ROOT = os.path.abspath(os.path.join(REPO, "..", "shared", "reference", "selm_official"))
+# Targets that the official section prints next to its numbers.
+OFFICIAL_TARGETS = {"inference": 0.8, "train_step": 1.0}
+# Both pipelines resize their masks to 224 x 224: the authors' S4 / MS3 forward hard-codes
+# 224, their AVSS forward resizes to its (224²) input; SelM-D2 is asked for 224 x 224.
+OFFICIAL_OUTPUT_SIZE = 224
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def official_model(text):
+    """argparse type of --official-models: "task:backbone" -> (task, backbone)."""
+    task, _, backbone = text.partition(":")
+    key = (task.strip().lower(), {"r50": "R50", "pvt": "PVT"}.get(backbone.strip().lower()))
+    if key not in OFFICIAL_MODELS:
+        raise argparse.ArgumentTypeError("{!r} is not one of {}".format(
+            text, " ".join("{}:{}".format(*m) for m in OFFICIAL_MODELS)))
+    return key
+
+
+def _import_official():
+    """tests/official.py, which loads the SelM authors' code (../shared/reference/selm_official)
+    on CPU; exits with a message when that code or the mamba-ssm sdist it needs is missing."""
+    if not os.path.isdir(OFFICIAL_ROOT):
+        raise SystemExit("--sections official compares SelM-D2 with the SelM authors' code, which "
+                         "is not at {} (../shared/reference/selm_official beside the repository "
+                         "root)".format(OFFICIAL_ROOT))
+    # tests/official.py is a test helper, not part of selm_d2, and tests/ is not a package:
+    # this is the one place outside the tests that loads it, so the folder goes on sys.path
+    # here, when the official section runs, and nowhere else.
+    tests_dir = os.path.abspath(os.path.join(REPO, "tests"))
+    if tests_dir not in sys.path:
+        sys.path.insert(0, tests_dir)
+    import official
+    import pytest
+
+    try:  # official.py skips (or under CI fails) a test where a file is missing
+        official.require_official()
+        official.load_mamba()
+    except (pytest.skip.Exception, pytest.fail.Exception) as exc:
+        raise SystemExit("--sections official: {}".format(exc)) from None
+    return official
+
+
+def _copy_torch_placing_on(device):
+    """A copy of the ``torch`` module whose ``ones`` / ``zeros`` / ``tensor`` put a tensor made
+    without a device, or on the CPU, on ``device``."""
+    shim = type(torch)("torch")
+    shim.__dict__.update(torch.__dict__)
+
+    def on_device(fn):
+        def make(*args, **kwargs):
+            if kwargs.get("device") is None or torch.device(kwargs["device"]).type == "cpu":
+                kwargs["device"] = device
+            return fn(*args, **kwargs)
+        return make
+
+    for name in ("ones", "zeros", "tensor"):
+        setattr(shim, name, on_device(getattr(torch, name)))
+    return shim
+
+
+class _OfficialOnDevice:
+    """While active, the authors' modules that make tensors on a hard-coded device make them on
+    ``device``. Their code puts two tensors on CUDA itself (the audio mask in SelM.py, the
+    first-frame indices in S4's loss.py); tests/official.py rewrites that to the CPU. On CUDA
+    those two modules get a ``torch`` whose factories place on the device again, as the
+    authors' own code does; nothing else changes (no per-op hook, so no cost). Restored on
+    exit: the modules are cached for the whole process."""
+
+    def __init__(self, modules, device):
+        self.modules = [m for m in modules if getattr(m, "torch", None) is torch]
+        self.device = device
+
+    def __enter__(self):
+        if torch.device(self.device).type != "cpu":
+            shim = _copy_torch_placing_on(self.device)
+            for module in self.modules:
+                module.torch = shim
+        return self
+
+    def __exit__(self, *exc):
+        for module in self.modules:
+            module.torch = torch
+        return False
+
+
+def _official_mamba_blocks(ref, device):
+    """On CUDA with mamba-ssm installed, the authors' BCSM gets mamba-ssm's own ``Mamba`` (what
+    their code builds there; fused path when causal-conv1d is installed too) with the same
+    weights; otherwise it keeps tests/official.py's reference Mamba (pure PyTorch, step-by-step
+    scan), which runs on any device. -> a description of what it runs."""
+    reference = "mamba-ssm's Mamba, pure-PyTorch path (selective_scan_ref), from tests/official.py"
+    if torch.device(device).type != "cuda":
+        return reference
+    try:
+        import mamba_ssm
+        from mamba_ssm import Mamba
+    except ImportError:
+        return reference
+    import importlib.util
+
+    fast = importlib.util.find_spec("causal_conv1d") is not None  # the fused path needs it
+    for module in ref.modules():
+        block = getattr(module, "mamba_block", None)
+        if block is not None and not isinstance(block, Mamba):
+            swapped = Mamba(d_model=block.d_model, d_state=block.d_state, d_conv=block.d_conv,
+                            expand=block.expand, use_fast_path=fast).to(device)
+            swapped.load_state_dict(block.state_dict())
+            swapped.train(block.training)
+            module.mamba_block = swapped
+    return "mamba-ssm {} Mamba on CUDA ({})".format(
+        getattr(mamba_ssm, "__version__", "?"),
+        "fused path" if fast else "selective_scan_fn, no causal-conv1d")
+
+
+def _nbytes_mb(*modules):
+    return sum(t.numel() * t.element_size() for m in modules
+               for t in list(m.parameters()) + list(m.buffers())) / 2**20
+
+
+def _cpu_allocation_peak_mb(fn):
+    """Peak of the CPU tensor memory that ``fn()`` allocates above what was allocated when it
+    started (MB), from torch.profiler's allocation events: each carries the allocator's running
+    total, so the peak is exact and does not depend on what the C library keeps mapped (which
+    the process's RSS does). None where this torch's profiler gives no such events."""
+    try:
+        from torch._C._profiler import _EventType
+        from torch.profiler import ProfilerActivity, profile
+    except ImportError:
+        return None
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    try:
+        stack = list(prof.profiler.kineto_results.experimental_event_tree())
+    except AttributeError:
+        return None
+    events = []
+    while stack:
+        node = stack.pop()
+        if node.tag == _EventType.Allocation and node.extra_fields.device.type == "cpu":
+            fields = node.extra_fields
+            events.append((node.start_time_ns, fields.alloc_size, fields.total_allocated))
+        stack.extend(node.children)
+    if not events:
+        return None
+    events.sort()
+    start = events[0][2] - events[0][1]  # the running total before the first event
+    return max(0, max(total for _, _, total in events) - start) / 2**20
+
+
+class _RssSampler:
+    """Peak RSS above the RSS at the start, sampled from /proc/self/statm every ``interval``
+    seconds by a thread: the fallback where the profiler gives no allocation events."""
+
+    def __init__(self, interval=0.005):
+        import threading
+
+        self.interval = interval
+        self.page = os.sysconf("SC_PAGE_SIZE")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _rss(self):
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * self.page
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._rss())
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self.start = self.peak = self._rss()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+        return False
+
+    @property
+    def above_start_mb(self):
+        return (self.peak - self.start) / 2**20
+
+
+def _call_peak_mb(fn, device):
+    """(peak memory MB that one ``fn()`` call adds to what was allocated before it, method)."""
+    import gc
+
+    gc.collect()
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20, "cuda_max_allocated"
+    peak = _cpu_allocation_peak_mb(fn)
+    if peak is not None:
+        return peak, "cpu_profiler_allocations"
+    with _RssSampler() as sampler:
+        fn()
+    return sampler.above_start_mb, "rss_sampled_5ms"
+
+
+MEMORY_METHODS = {
+    "cuda_max_allocated": "torch.cuda.max_memory_allocated during the call minus "
+                          "memory_allocated before it (peak stats reset before the call)",
+    "cpu_profiler_allocations": "peak of the CPU tensor memory allocated during the call above "
+                                "what was allocated before it, from torch.profiler's allocation "
+                                "events (profile_memory=True; a separate, untimed call)",
+    "rss_sampled_5ms": "peak RSS above the RSS before the call, sampled from /proc/self/statm "
+                       "every 5 ms (a separate, untimed call)",
+}
+
+
+class _OfficialPair:
+    """The authors' model and VGGish of one (task, backbone) and SelM-D2 built from that task's
+    config with their weights (``selm_d2.official.convert_official``), on ``device``, and one
+    clip of random content at the task's input size and frame count for both."""
+
+    def __init__(self, official, task, backbone, device, seed=0):
+        from selm_d2.official import OFFICIAL_CONFIGS, convert_official
+
+        self.task, self.backbone, self.device = task, backbone, device
+        folder = OFFICIAL_FOLDERS[task]
+        self.mods = official.load_task(folder)
+        self.ref = official.build_official(folder, backbone, seed=seed)
+        self.vggish = official.build_official_vggish(folder, seed=seed + 1)
+        # Their ResNet-50 is built frozen (MS3 trains it frozen for its first epochs);
+        # SelM-D2 freezes only through the BACKBONE_FREEZE_ITERS hook of train_net.py: both
+        # train every parameter but VGGish's here.
+        self.ref.freeze(False)
+        self.config = OFFICIAL_CONFIGS[(task, backbone)]
+        self.cfg = load_cfg(self.config, device)
+        self.model = build_seeded(self.cfg)
+        self.model.load_state_dict(convert_official(self.ref.state_dict(),
+                                                    self.vggish.state_dict()), strict=True)
+        self.ref.to(device)
+        self.vggish.to(device).eval()  # their training loop runs VGGish in eval, under no_grad
+        self.mamba = _official_mamba_blocks(self.ref, device)
+        self.num_frames = self.cfg.INPUT.AVS.NUM_FRAMES
+        self.size = self.cfg.INPUT.AVS.SIZE
+        expected = 10 if task == "avss" else 5  # their S4 / MS3 code hard-codes 5 frames
+        if self.num_frames != expected:
+            raise ValueError("{} has INPUT.AVS.NUM_FRAMES {}, the authors' {} model takes {}".format(
+                self.config, self.num_frames, task, expected))
+        self._make_clip(seed + 2)
+
+    def _make_clip(self, seed):
+        g = torch.Generator().manual_seed(seed)
+        t, size = self.num_frames, self.size
+        mask_size = self.cfg.INPUT.AVS.MASK_SIZE or size
+        image = torch.randint(0, 256, (t, 3, size, size), generator=g, dtype=torch.uint8)
+        audio = torch.randn(t, 1, 96, 64, generator=g)
+        valid = torch.ones(t, dtype=torch.bool)  # a full clip: no padded frames
+        flags = torch.ones(t, dtype=torch.bool)
+        if self.task == "avss":
+            classes = torch.randint(1, self.cfg.MODEL.SELM.NUM_CLASSES + 1, (3,), generator=g)
+            palette = torch.cat([torch.zeros(1, dtype=torch.long), classes])
+            sem_seg = palette[torch.randint(0, 4, (t, mask_size, mask_size), generator=g)]
+        else:
+            sem_seg = (torch.rand(t, mask_size, mask_size, generator=g) > 0.6).long()
+            if self.task == "s4":  # S4 training clips annotate their first frame only
+                flags[1:] = False
+        sem_seg[~flags] = 255
+        self.clip = {"image": image, "audio": audio, "frame_valid": valid, "sem_seg": sem_seg,
+                     "frame_mask_flags": flags, "height": OFFICIAL_OUTPUT_SIZE,
+                     "width": OFFICIAL_OUTPUT_SIZE, "clip_id": "bench"}
+        # What the authors' data loader hands their loop (on the CPU): normalised frames,
+        # log-mel examples, the task's ground truth in their loss's layout.
+        mean = torch.tensor(self.cfg.MODEL.PIXEL_MEAN).view(-1, 1, 1)
+        std = torch.tensor(self.cfg.MODEL.PIXEL_STD).view(-1, 1, 1)
+        self.frames = (image.float() - mean) / std
+        self.frame_flags = valid.float()
+        if self.task == "s4":
+            self.target = sem_seg[0:1].float()[:, None, None]  # [1, 1, 1, h, w]
+        elif self.task == "ms3":
+            self.target = sem_seg.float()[:, None]
+        else:
+            labels = sem_seg.clone()
+            labels[~flags] = 0  # weighted 0 by the flags
+            self.target = labels
+        self.target_flags = flags.float()
+
+    def _autocast(self, amp):
+        if amp is None:
+            return contextlib.nullcontext()
+        return torch.autocast(torch.device(self.device).type, dtype=AMP_DTYPES[amp])
+
+    def _reference(self, frames, audio, flags, amp):
+        """Their pipeline: VGGish on the log-mel (under no_grad, as in their loops), then their
+        model, whose forward ends with its resize to 224 x 224."""
+        with torch.no_grad(), self._autocast(amp):
+            embedding = self.vggish(audio)
+        with self._autocast(amp):
+            if self.task == "avss":
+                return self.ref(frames, embedding, flags)
+            return self.ref(frames, embedding)
+
+    def _inputs(self):
+        """The authors' loop moves each batch from the loader to the GPU (``.cuda()``);
+        SelM-D2's call moves its clip itself. A no-op on the CPU."""
+        return (self.frames.to(self.device), self.clip["audio"].to(self.device),
+                self.frame_flags.to(self.device))
+
+    def _reference_loss(self, output, maps):
+        loss = self.mods.loss
+        if self.task == "avss":
+            total, _ = loss.Seg_Loss(output, self.target.to(self.device),
+                                     self.target_flags.to(self.device), loss_type="bce",
+                                     hitmaps=maps)
+        else:
+            total, _ = loss.Seg_Loss(output, self.target.to(self.device), hitmaps=maps)
+        return total
+
+    def calls(self, amp=None):
+        """{name: fn}: one inference call and one training step (forward + loss + backward,
+        no optimizer step) of each side; each puts its model in its mode first."""
+        model, ref = self.model, self.ref
+
+        def selm_d2_inference():
+            model.eval()
+            with torch.inference_mode(), self._autocast(amp):
+                model([self.clip])
+
+        def official_inference():
+            ref.eval()
+            with torch.no_grad():
+                self._reference(*self._inputs(), amp)
+
+        def selm_d2_train_step():
+            model.train()
+            model.zero_grad(set_to_none=True)
+            with self._autocast(amp):
+                losses = model([self.clip])
+            sum(losses.values()).backward()
+
+        def official_train_step():
+            ref.train()
+            ref.zero_grad(set_to_none=True)
+            output, _, maps = self._reference(*self._inputs(), amp)
+            # Their loss in float32, outside autocast: their S4 loss calls nn.BCELoss, which
+            # autocast refuses; their S4 / MS3 loops run without AMP, their AVSS loop with it.
+            total = self._reference_loss(output.float(), [m.float() for m in maps])
+            total.backward()
+
+        return {"selm_d2_inference": selm_d2_inference, "official_inference": official_inference,
+                "selm_d2_train_step": selm_d2_train_step,
+                "official_train_step": official_train_step}
+
+    def clear_grads(self):
+        self.model.zero_grad(set_to_none=True)
+        self.ref.zero_grad(set_to_none=True)
+
+
+def _official_side_by_side(times, part, target):
+    ours, theirs = times["selm_d2_" + part], times["official_" + part]
+    ratio = paired_ratio(ours, theirs)
+    return {"selm_d2_ms": 1000 * statistics.median(ours),
+            "official_ms": 1000 * statistics.median(theirs),
+            "ratio": ratio, "target_ratio": target, "target_met": ratio["median"] <= target,
+            "selm_d2_ms_rounds": [1000 * s for s in ours],
+            "official_ms_rounds": [1000 * s for s in theirs]}
+
+
+def bench_official_pair(official, task, backbone, device, repeats, amp=None):
+    pair = _OfficialPair(official, task, backbone, device)
+    calls = pair.calls(amp)
+    with _OfficialOnDevice([pair.mods.SelM, pair.mods.loss], device):
+        # Warm-up round, then ``repeats`` rounds, each one call of the four in turn (the order
+        # reversed every second round).
+        times = interleaved_rounds(calls, device, repeats, warmup=1, alternate=True,
+                                   progress="{}:{} rounds".format(task, backbone))
+        memory, methods = {}, {}
+        for name, fn in calls.items():  # one more, untimed call each
+            pair.clear_grads()
+            memory[name], methods[name] = _call_peak_mb(fn, device)
+    pair.clear_grads()
+    peak = {part: {"selm_d2": memory["selm_d2_" + part], "official": memory["official_" + part]}
+            for part in ("inference", "train_step")}
+    for values in peak.values():
+        values["target_met"] = values["selm_d2"] <= values["official"]
+    return {"task": task, "backbone": backbone, "config": pair.config, "T": pair.num_frames,
+            "size": pair.size, "output_size": OFFICIAL_OUTPUT_SIZE, "rounds": repeats,
+            "warmup_rounds": 1, "amp": amp,
+            "inference": _official_side_by_side(times, "inference",
+                                                OFFICIAL_TARGETS["inference"]),
+            "train_step": _official_side_by_side(times, "train_step",
+                                                 OFFICIAL_TARGETS["train_step"]),
+            "peak_memory_mb": peak, "memory_methods": methods,
+            "weights_mb": {"selm_d2": _nbytes_mb(pair.model),
+                           "official": _nbytes_mb(pair.ref, pair.vggish)},
+            "official_mamba": pair.mamba}
+
+
+def bench_official(device, repeats, models=OFFICIAL_MODELS, amp=None):
+    """SelM-D2 against the authors' code, one row per (task, backbone) of ``models``: inference
+    per clip, one training step and the peak memory of each, on the same clip and weights."""
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device {}: no CUDA device here".format(device))
+    official = _import_official()
+    rows = []
+    for task, backbone in tqdm.tqdm(models, desc="official models", unit="model", leave=False):
+        rows.append(bench_official_pair(official, task, backbone, device, repeats, amp))
+        if torch.device(device).type == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+def _official_device(machine):
+    if machine["device"] != "cpu" and "gpu" in machine:
+        return "{} (CUDA)".format(machine["gpu"])
+    return "CPU {}, {} threads".format(machine["cpu"], machine["cpu_threads"])
+
+
+def official_markdown(rows, machine):
+    """The official section's table: one row per model."""
+    def mark(met):
+        return "✓" if met else "✗"
+
+    def timing(part):
+        return "{:.0f} | {:.0f} | {:.2f}× ({:.2f}–{:.2f}) {}".format(
+            part["selm_d2_ms"], part["official_ms"], part["ratio"]["median"], part["ratio"]["q1"],
+            part["ratio"]["q3"], mark(part["target_met"]))
+
+    def memory(part):
+        return "{:.0f} / {:.0f} {}".format(part["selm_d2"], part["official"],
+                                           mark(part["target_met"]))
+
+    first = rows[0]
+    amp = first["amp"]
+    lines = ["SelM-D2 against the SelM authors' code (../shared/reference/selm_official) on **{}**{}, "
+             "same weights, same clip:".format(_official_device(machine),
+                                              ", under torch.autocast({})".format(amp) if amp else ""),
+             "",
+             "| task | backbone | input (T × size²) | SelM-D2 inference (ms) | authors' (ms) "
+             "| ratio (target ≤ {inference}) | SelM-D2 train step (ms) | authors' (ms) "
+             "| ratio (target ≤ {train_step}) | peak memory inference, SelM-D2 / authors' (MB) "
+             "| peak memory train step, SelM-D2 / authors' (MB) |".format(**OFFICIAL_TARGETS),
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append("| {task} | {backbone} | {T} × {size}² | ".format(**r) + timing(r["inference"])
+                     + " | " + timing(r["train_step"]) + " | "
+                     + memory(r["peak_memory_mb"]["inference"]) + " | "
+                     + memory(r["peak_memory_mb"]["train_step"]) + " |")
+    methods = sorted({m for r in rows for m in r["memory_methods"].values()})
+    mambas = sorted({r["official_mamba"] for r in rows})
+    lines += ["",
+              "Milliseconds per clip: medians over {} interleaved rounds after one warm-up round "
+              "(each round one call of each side and mode, the order reversed every second "
+              "round); ratio = SelM-D2 / authors', the median over rounds of that round's ratio "
+              "(quartiles in brackets); ✓ = target met (memory: SelM-D2 ≤ authors').".format(
+                  first["rounds"]),
+              "Inference: SelM-D2's `model([clip])` in eval under `torch.inference_mode` "
+              "(normalisation, VGGish, network, resize to {0}×{0} and probabilities); the "
+              "authors': their VGGish on the log-mel, then their model, in eval under "
+              "`torch.no_grad` (their forward ends with its resize to {0}×{0}).".format(
+                  OFFICIAL_OUTPUT_SIZE),
+              "Train step: forward + loss + backward of one clip in train mode (VGGish frozen on "
+              "both sides), gradients cleared before; no optimizer step on either side.",
+              "Peak memory: " + "; ".join(MEMORY_METHODS[m] for m in methods)
+              + ". Weights are not counted (the authors' R50 model also holds an unused second "
+              "ResNet branch; see weights_mb in benchmark.json).",
+              "The authors' Mamba: " + "; ".join(mambas) + ".", ""]
+    return lines
+
+
 def _cpu_model():
     """The CPU's model name (Linux: /proc/cpuinfo), else what ``platform`` knows."""
     try:
@@ -582,6 +1086,8 @@ def markdown(report):
             lines.append("| {output} | {model_footprint_mb:.0f} | {peak_above_model_mb:.0f} |"
                          .format(**r))
         lines.append("")
+    if "official" in report and report["official"]:
+        lines += official_markdown(report["official"], m)
     if "peak_memory_mb" in report:
         lines.append("Peak memory ({}): ".format("CUDA allocated" if m["device"] == "cuda" else "process RSS")
                      + ", ".join("{} {:.0f} MB".format(k, v) for k, v in report["peak_memory_mb"].items()))
@@ -640,13 +1146,23 @@ def breakdown_plot(report, path):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
+    parser.add_argument("--sections", nargs="+", default=list(SECTIONS),
+                        choices=SECTIONS + OPTIONAL_SECTIONS,
+                        help="default: all but {} (which run only when named)".format(
+                            ", ".join(OPTIONAL_SECTIONS)))
     parser.add_argument("--repeats", type=int, default=None, help="default 3 (--quick: 1)")
     parser.add_argument("--latency-rounds", type=int, default=None,
                         help="interleaved rounds of the latency section, whose ratios need more "
                              "than --repeats on a shared machine; default 15 (--quick: 5)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--output-dir", default="output/benchmark")
+    parser.add_argument("--official-models", nargs="+", type=official_model,
+                        default=list(OFFICIAL_MODELS), metavar="TASK:BACKBONE",
+                        help="official section: which of the authors' models, e.g. s4:R50 "
+                             "ms3:PVT (default: all six)")
+    parser.add_argument("--amp", nargs="?", const="bf16", default=None, choices=sorted(AMP_DTYPES),
+                        help="official section: run both sides under torch.autocast in this "
+                             "dtype (--amp alone: bf16)")
     parser.add_argument("--quick", action="store_true",
                         help="every section on the AVS-Synth configs, tiny inputs, 1 repeat and 5 "
                              "latency rounds (unless given): checks the script, not the paper models")
@@ -673,6 +1189,8 @@ def main(argv=None):
         "flops": lambda: bench_flops(args.device, plan["paper_configs"]),
         "avss_memory": lambda: bench_avss_memory(args.device, plan["avss_config"],
                                                  plan["avss_output_size"]),
+        "official": lambda: bench_official(args.device, args.repeats, args.official_models,
+                                           args.amp),
     }
     for section in tqdm.tqdm(args.sections, desc="benchmark", unit="section"):
         if args.device == "cuda":

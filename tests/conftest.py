@@ -29,6 +29,16 @@ def synth_ms3_tree(tmp_path_factory, name, train, test, seed):
     return root
 
 
+def randomise(module, seed, scale):
+    """Move every parameter of ``module`` off its initialisation (LayerNorm 1/0, Mamba's
+    D = 1, ...) by seeded noise of std ``scale``; returns the module."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for param in module.parameters():
+            param.add_(scale * torch.randn_like(param))
+    return module
+
+
 # train_net.py and demo/ live at the repository root, as in detectron2 projects.
 REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 if REPO_ROOT not in sys.path:

@@ -7,17 +7,14 @@ import torch
 from selm_d2.modeling.bcsm import BCSM
 
 import official
+from conftest import randomise
 
 MAMBA = dict(d_state=4, impl="torch")
 
 
+
 def _randomise(module, seed, scale=0.2):
-    """Move every parameter off its initialisation (LayerNorm 1/0, D = 1, ...)."""
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for param in module.parameters():
-            param.add_(scale * torch.randn_like(param))
-    return module
+    return randomise(module, seed, scale)
 
 
 def _features(b, t, d, sizes=((4, 4), (3, 3), (2, 2), (1, 1)), seed=1):

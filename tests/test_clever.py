@@ -20,6 +20,7 @@ from selm_d2.modeling.clever import (
 )
 
 import official
+from conftest import randomise
 
 D = 32  # GroupNorm(32) in Fusion and the projector
 
@@ -29,12 +30,9 @@ def _theirs():
     return official.load_task("avs_ms3").decoder
 
 
+
 def _randomise(module, seed, scale=0.1):
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for param in module.parameters():
-            param.add_(scale * torch.randn_like(param))
-    return module
+    return randomise(module, seed, scale)
 
 
 def _mlp_names(name):

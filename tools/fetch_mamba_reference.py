@@ -18,7 +18,6 @@ Re-running is a no-op once the file is there. Usage:
     python tools/fetch_mamba_reference.py [--dest DIR] [--force]
 """
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -26,6 +25,9 @@ import subprocess
 import sys
 import tempfile
 import urllib.request
+
+# The sibling script (this file's folder is on sys.path when it runs as a script).
+from install_detectron2 import sha256_of
 
 NAME = "mamba-ssm"
 VERSION = "1.1.3.post1"
@@ -39,14 +41,6 @@ COMMAND = "python tools/fetch_mamba_reference.py"
 
 class FetchError(RuntimeError):
     pass
-
-
-def sha256_of(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _pip_download(tmp):

@@ -1,7 +1,8 @@
 """The authors' released SelM checkpoints, renamed to SelM-D2's parameters.
 
-The authors save ``model.state_dict()`` of their ``SelM_R50`` / ``SelM_PVT`` (with DDP's
-``module.`` prefix for AVSS) and run torchvggish's VGGish from its own file, outside the model.
+The authors save the state dict of their ``SelM_R50`` / ``SelM_PVT`` (a checkpoint saved from
+a DDP-wrapped model carries a ``module.`` prefix, which is accepted) and run torchvggish's
+VGGish from its own file, outside the model.
 ``convert_official`` turns both into one SelM-D2 state dict; ``identify_official`` tells which
 of the six released models a checkpoint is, from its tensor shapes, so that a checkpoint
 meets the config it was trained for.

@@ -198,7 +198,7 @@ def test_training_step_matches_the_authors_code(pair, monkeypatch):
     Their DAM InstanceNorms a map that is constant over the pixels (the attended audio of one
     token): its gradient is 0 in exact arithmetic and rounding divided by sqrt(eps) in
     floating point, and it reaches every parameter before BCSM. A tensor passes when SelM-D2's
-    gradient is within 1e-4 x max |gradient| of theirs, plus 1e-7 x the largest gradient of
+    gradient is within 5e-4 x max |gradient| of theirs, plus 1e-7 x the largest gradient of
     the model (float32 rounding), plus twice that InstanceNorm's rounding share of theirs: how
     much theirs moves when it is computed in float64.
     """
@@ -232,10 +232,10 @@ def test_training_step_matches_the_authors_code(pair, monkeypatch):
     # float32 keeps about 7 digits of the largest gradients, which share activations with the
     # small ones: below this, a difference is rounding whatever the tensor's own scale.
     floor = 1e-7 * max(scale for _, scale in differences.values())
-    # timm's PVT-v2 orders its attention arithmetic unlike the authors' copy, so its features
-    # differ at float32 rounding; conv gradients summed over many pixels then differ by up
-    # to 1.2e-4 of their maximum (AVSS PVT-v2-b5).
-    relative = 2e-4 if pair.backbone == "PVT" else 1e-4
+    # Convolution weight gradients are float32 sums over every pixel of the clip, computed in
+    # another order than the authors' (and timm's PVT-v2 rounds its attention unlike their
+    # copy): they differ by up to 2.7e-4 of their maximum (MS3 ResNet-50, 5 x 448²).
+    relative = 5e-4
     loose = [name for name, (d, scale) in differences.items() if d > relative * scale + floor]
     if loose:  # their own rounding share, measured only where it is needed
         _, exact = _reference_step(pair, clip, normalised, monkeypatch, exact_a2v_norm=True)

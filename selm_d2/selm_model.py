@@ -13,8 +13,8 @@ bilinearly (corners aligned) to the ground truth in training and to the output s
 inference.
 
 Padding frames (``frame_valid`` False; AVSS clips padded to 10 frames) are zeroed at the
-input, in the audio tokens, after the head's projections and in the logits, as in the
-authors' AVSS model, and are left out of the losses and the outputs.
+input, in the audio tokens and after the head's projections, as in the authors' AVSS model,
+and are left out of the losses and the outputs.
 
 Building the model reads no file: pretrained encoders are loaded by the trainer at the start
 of training (``load_pretrained_encoders``), and a trained checkpoint (``MODEL.WEIGHTS``) holds

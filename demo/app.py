@@ -8,7 +8,7 @@ them (the paper's auditory-illusion test).
 
 Serves on http://127.0.0.1:7860 (``--host``, ``--port``). Needs the ``[app]`` extra
 (``pip install -e .[app]``: gradio and imageio-ffmpeg). Inference is the command-line demo's
-(predictor.py): one frame per second, the clip trimmed or padded to the config's length.
+(selm_d2.engine.predictor): one frame per second, the clip trimmed or padded to the config's length.
 
 Limits: each upload at most ``--max-upload-mb`` (50 MB); a clip needs at least 1 s of sound;
 only its first ``INPUT.AVS.NUM_FRAMES`` seconds are segmented (5 for S4/MS3 configs, 10 for
@@ -19,34 +19,29 @@ import atexit
 import logging
 import os
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass
 from typing import List
 
 import cv2
 import numpy as np
+from media import UploadError, encode_video, extract_audio
 
 from detectron2.data import DatasetCatalog
 from detectron2.data.detection_utils import read_image
 from detectron2.utils.logger import setup_logger
 
-sys.path.insert(1, os.path.join(sys.path[0], ".."))
-from media import UploadError, encode_video, extract_audio  # noqa: E402
-from predictor import (  # noqa: E402
+from selm_d2.data.audio import AudioError
+from selm_d2.engine.predictor import (
     AVSPredictor,
     clip_dict,
-    draw_clip,
-    enlarge,
     extract_video_frames,
-    finest_level,
     fit_clip_length,
     metadata_for,
     setup_cfg,
 )
-
-from selm_d2.data.audio import AudioError  # noqa: E402
-from selm_d2.utils import file_name_key  # noqa: E402
+from selm_d2.utils import exit_on_user_error, file_name_key
+from selm_d2.utils.visualizer import draw_clip, enlarge, finest_level
 
 logger = logging.getLogger("selm_d2.app")
 
@@ -315,6 +310,8 @@ def get_parser():
                         help="largest file accepted per upload")
     parser.add_argument("--examples", type=int, default=3,
                         help="offer this many clips of the config's test set as examples, when on disk")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show the traceback of config and data errors too")
     parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return parser
 
@@ -322,9 +319,10 @@ def get_parser():
 def main(argv=None):
     args = get_parser().parse_args(argv)
     setup_logger(name="selm_d2")
-    cfg = setup_cfg(args.config_file, args.opts, hit_maps=True)
-    app = SelMApp(cfg)
-    examples = example_clips(cfg, args.examples)
+    with exit_on_user_error(args.verbose):
+        cfg = setup_cfg(args.config_file, args.opts, hit_maps=True)
+        app = SelMApp(cfg)
+        examples = example_clips(cfg, args.examples)
     page = build_page(app, examples)
     page.queue().launch(server_name=args.host, server_port=args.port,
                         max_file_size="{}mb".format(args.max_upload_mb))

@@ -6,7 +6,8 @@
 
 ``--input`` is a folder of frames (one per second of audio, sorted by name) or a video file
 (one frame is taken per second, as AVSBench's preprocessing does). The clip is trimmed or
-padded to the config's length as the data pipeline does (``predictor.fit_clip_length``).
+padded to the config's length as the data pipeline does
+(``selm_d2.engine.predictor.fit_clip_length``).
 Writes ``frame_<k>.png`` overlays, ``mask_<k>.png`` label maps, ``overlay.mp4`` with the clip's
 sound when ffmpeg is installed (the ``[app]`` extra, as for the web demo), and with
 ``--heatmaps`` CLEVER's hit maps (pixels assigned to the audio token) as ``heatmap_<layer>_<k>.png``.
@@ -14,26 +15,24 @@ sound when ffmpeg is installed (the ``[app]`` extra, as for the web demo), and w
 import argparse
 import logging
 import os
-import sys
 import tempfile
 
 import numpy as np
+from media import encode_video, ffmpeg_exe
 
 from detectron2.utils.logger import setup_logger
 
-sys.path.insert(1, os.path.join(sys.path[0], ".."))
-from media import encode_video, ffmpeg_exe  # noqa: E402
-from predictor import (  # noqa: E402
+from selm_d2.engine.predictor import (
     AVSPredictor,
     clip_dict,
-    draw_clip,
     extract_video_frames,
     fit_clip_length,
     list_frames,
     metadata_for,
     setup_cfg,
-    write_image_atomic,
 )
+from selm_d2.utils import exit_on_user_error
+from selm_d2.utils.visualizer import draw_clip, write_image_atomic
 
 
 def get_parser():
@@ -48,6 +47,8 @@ def get_parser():
                              "in step with it)")
     parser.add_argument("--allow-random-weights", action="store_true",
                         help="run even when MODEL.WEIGHTS is empty (an untrained model)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show the traceback of config and data errors too")
     parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return parser
 
@@ -94,7 +95,8 @@ def run(args):
 def main(argv=None):
     args = get_parser().parse_args(argv)
     setup_logger(name="selm_d2")
-    result = run(args)
+    with exit_on_user_error(args.verbose):
+        result = run(args)
     print("wrote {} overlay(s){} to {}".format(
         result["frames"], " and overlay.mp4" if result["video"] else "", args.output))
 

@@ -8,6 +8,7 @@ The model defaults are the authors' SelM; a comment marks each SelM-D2 variant.
 """
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
+from .utils import ConfigError, ConfigKeyError
 
 
 def add_selm_config(cfg):
@@ -101,8 +102,8 @@ def add_selm_config(cfg):
     # Audio shorter than T seconds: "repeat_last" (AVSBench S4/MS3 pickles) or "zero_pad" (AVSS).
     cfg.INPUT.AVS.AUDIO.SHORT_POLICY = "repeat_last"
     # Resampling of audio that is not at 16 kHz: "resampy" (AVSBench's torchvggish front-end
-    # itself) or "polyphase" (resampy's filter by scipy's polyphase filter bank: several times
-    # faster, within the log-mel difference measured in the README).
+    # itself) or "polyphase" (resampy's filter applied by scipy's polyphase filter bank: faster,
+    # equal up to float rounding; tests/test_audio.py bounds the log-mel difference).
     cfg.INPUT.AVS.AUDIO.RESAMPLER = "resampy"
     # "auto": precomputed AVSBench log-mel pickle when present, else the wav.
     # "silence": every clip hears digital silence (the visual-only ablation).
@@ -116,7 +117,7 @@ def add_selm_config(cfg):
     cfg.TEST.AVS.ILLUSION = False
     # 0: score at the original frame size; N: resize to N x N first (official AVSS: 224).
     cfg.TEST.AVS.EVAL_SIZE = 0
-    # AVSS scoring of frames without ground truth (README "Metrics"):
+    # AVSS scoring of frames without ground truth:
     # "annotated": only frames with ground truth count;
     # "official": as AVSBench's avss/test.py, every clip padded to 10 frames: padding frames
     # count as predicted and labelled background (the official model zeroes their logits),
@@ -147,8 +148,8 @@ def load_config(config_file, opts=()):
     except (KeyError, AssertionError) as e:
         message = str(e.args[0]) if e.args else str(e)
         if isinstance(e, AssertionError) and not message.startswith("Non-existent key"):
-            raise ValueError("{}: config options are KEY VALUE pairs".format(message)) from None
-        raise KeyError(
+            raise ConfigError("{}: config options are KEY VALUE pairs".format(message)) from None
+        raise ConfigKeyError(
             "{} (from {} or the command line). SelM's keys and their defaults are listed in "
             "selm_d2/config.py; detectron2's in detectron2/config/defaults.py. Check the "
             "spelling or remove the key.".format(message, config_file)) from None

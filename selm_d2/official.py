@@ -10,6 +10,7 @@ meets the config it was trained for.
 import re
 
 import torch
+from .utils import DataError
 
 __all__ = ["OFFICIAL_CONFIGS", "identify_official", "convert_official", "strip_ddp_prefix"]
 
@@ -80,22 +81,22 @@ def identify_official(state_dict):
     elif any(k.startswith("encoder_backbone.") for k in state_dict):
         backbone = "PVT"
     else:
-        raise ValueError("not an authors' SelM checkpoint: it has neither 'resnet.*' (SelM_R50) "
-                         "nor 'encoder_backbone.*' (SelM_PVT) tensors")
+        raise DataError("not an authors' SelM checkpoint: it has neither 'resnet.*' (SelM_R50) "
+                        "nor 'encoder_backbone.*' (SelM_PVT) tensors")
     try:
         pos = state_dict["decoder.layers.0.positional_embedding"]
         linear = state_dict["decoder.proj.audio_linear.weight"]
     except KeyError as e:
-        raise ValueError("not an authors' SelM checkpoint: {} is missing".format(e)) from None
+        raise DataError("not an authors' SelM checkpoint: {} is missing".format(e)) from None
     side = int(round(pos.shape[0] ** 0.5))
     upsamples = sum(1 for k in state_dict
                     if re.match(r"^decoder\.proj\.vis\.\d+\.0\.weight$", k))
     binary = linear.shape[0] == linear.shape[1] + 1
     task = _TASKS[backbone].get((side, upsamples, binary))
     if task is None:
-        raise ValueError("an authors' SelM_{} checkpoint of no released task: decoder maps "
-                         "{}x{}, {} projector upsamplings, {} outputs".format(
-                             backbone, side, side, upsamples, linear.shape[0]))
+        raise DataError("an authors' SelM_{} checkpoint of no released task: decoder maps "
+                        "{}x{}, {} projector upsamplings, {} outputs".format(
+                            backbone, side, side, upsamples, linear.shape[0]))
     return task, backbone
 
 

@@ -36,6 +36,7 @@ from .modeling.audio import VGGish
 from .modeling.criterion import SelMCriterion
 from .modeling.dam import DAM
 from .modeling.head import SelMHead
+from .utils import ConfigError
 
 __all__ = ["SelM", "OUTPUT_FORMATS"]
 
@@ -82,7 +83,7 @@ class SelM(nn.Module):
         selm = cfg.MODEL.SELM
         head_name = cfg.MODEL.SEM_SEG_HEAD.NAME
         if not issubclass(SEM_SEG_HEADS_REGISTRY.get(head_name), SelMHead):
-            raise ValueError(
+            raise ConfigError(
                 "MODEL.SEM_SEG_HEAD.NAME={!r} is not a SelM head: SelM needs \"SelMHead\" (or a "
                 "subclass of selm_d2.modeling.SelMHead). detectron2's default is "
                 "SemSegFPNHead; configs/Base-SelM.yaml sets SelMHead.".format(head_name))
@@ -115,9 +116,9 @@ class SelM(nn.Module):
         """-> normalised frames [B*T, 3, H, W], audio [B*T, 1, 96, 64], valid [B, T]."""
         sizes = {tuple(x["image"].shape) for x in batched_inputs}
         if len(sizes) != 1:
-            raise ValueError("SelM needs clips of equal frame count and size within a batch "
-                             "(INPUT.AVS.SIZE / INPUT.AVS.PAD_TO_FRAMES); got image shapes "
-                             "{}".format(sorted(sizes)))
+            raise ConfigError("SelM needs clips of equal frame count and size within a batch "
+                              "(INPUT.AVS.SIZE / INPUT.AVS.PAD_TO_FRAMES); got image shapes "
+                              "{}".format(sorted(sizes)))
         num_frames = next(iter(sizes))[0]
         for x in batched_inputs:
             if x["audio"].shape[0] != num_frames:

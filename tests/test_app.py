@@ -38,7 +38,7 @@ from selm_d2.data import AVSClipDatasetMapper
 from selm_d2.data.synthetic import generate
 
 sys.path.insert(0, os.path.join(REPO_ROOT, "demo"))
-import predictor  # noqa: E402
+from selm_d2.engine import predictor  # noqa: E402
 
 MS3 = os.path.join(REPO_ROOT, "configs", "synth", "ms3.yaml")
 AVSS = os.path.join(REPO_ROOT, "configs", "synth", "avss.yaml")

@@ -14,6 +14,7 @@ from detectron2.modeling import BACKBONE_REGISTRY, build_backbone
 
 from selm_d2.config import add_selm_config
 from selm_d2.modeling.backbone import StagedPVTv2, StagedResNet, load_visual_weights
+from selm_d2.utils import ConfigError
 
 STAGES = ["res2", "res3", "res4", "res5"]
 
@@ -365,5 +366,28 @@ def test_weight_file_errors(tmp_path):
         load_visual_weights(pvt, b1)
 
     load_visual_weights(backbone, "")  # "" = from scratch: nothing to load
-    with pytest.raises(TypeError, match="MODEL.SELM.VISUAL_WEIGHTS"):
+    with pytest.raises(ConfigError, match="MODEL.SELM.VISUAL_WEIGHTS"):
         load_visual_weights(torch.nn.Linear(2, 2), wide)
+
+
+@pytest.mark.parametrize("build", [lambda: resnet_cfg(18, 16, 16), lambda: pvt_cfg("pvt_v2_b0")])
+def test_staged_encoders_share_the_staged_interface(build):
+    from selm_d2.modeling.backbone import StagedBackbone
+
+    backbone = build_backbone(build())
+    assert isinstance(backbone, StagedBackbone)
+    with pytest.raises(KeyError, match="{} has stages".format(type(backbone).__name__)):
+        backbone.forward_stage("res9", torch.zeros(1, 3, 32, 32))
+
+
+def test_staged_resnet_forward_is_detectron2s():
+    """The staged forward of StagedResNet equals detectron2's own ResNet.forward."""
+    from detectron2.modeling.backbone.resnet import ResNet
+
+    backbone = build_backbone(resnet_cfg(18, 16, 16)).eval()
+    x = torch.randn(1, 3, 64, 48)
+    with torch.no_grad():
+        ours, theirs = backbone(x), ResNet.forward(backbone, x)
+    assert ours.keys() == theirs.keys()
+    for name in ours:
+        assert torch.equal(ours[name], theirs[name])

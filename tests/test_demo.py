@@ -20,7 +20,7 @@ from selm_d2.utils import file_name_key
 sys.path.insert(0, os.path.join(REPO_ROOT, "demo"))
 import demo  # noqa: E402
 import media  # noqa: E402
-import predictor  # noqa: E402
+from selm_d2.engine import predictor  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -148,7 +148,7 @@ def test_resume_reads_detectron2_main_layout(tmp_path):
 
 
 def test_num_gpus_beyond_visible_devices_is_a_clear_error():
-    from train_net import check_num_gpus
+    from selm_d2.engine import check_num_gpus
 
     check_num_gpus(1)
     with pytest.raises(SystemExit, match="--num-gpus 64 but"):
@@ -156,7 +156,7 @@ def test_num_gpus_beyond_visible_devices_is_a_clear_error():
 
 
 def test_unknown_config_key_names_the_key(tmp_path):
-    from train_net import setup
+    from selm_d2.engine import setup
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("MODEL:\n  SELM:\n    NOT_A_KEY: 3\n")

@@ -1,4 +1,4 @@
-"""tests/official.py, the harness that builds the SelM authors' code on CPU for parity tests."""
+"""selm_d2.official_code (through tests/official.py), which builds the SelM authors' code on CPU."""
 import sys
 
 import pytest
@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import official
+from selm_d2 import official_code
 
 
 def test_tasks_load_as_distinct_modules():
@@ -38,16 +39,19 @@ def test_tasks_load_as_distinct_modules():
 
 
 def test_require_official_fails_under_ci_and_skips_otherwise(monkeypatch, tmp_path):
-    monkeypatch.setattr(official, "OFFICIAL_ROOT", tmp_path / "missing")
+    monkeypatch.setattr(official_code, "OFFICIAL_ROOT", tmp_path / "missing")
     monkeypatch.setenv("CI", "1")
     with pytest.raises(pytest.fail.Exception, match="missing"):
         official.require_official()
     monkeypatch.delenv("CI")
     with pytest.raises(pytest.skip.Exception, match="missing"):
         official.require_official()
-    monkeypatch.setattr(official, "MAMBA_SDIST_DIR", tmp_path / "nosdist")
+    monkeypatch.setattr(official_code, "MAMBA_SDIST_DIR", tmp_path / "nosdist")
     with pytest.raises(pytest.skip.Exception, match="fetch_mamba_reference"):
         official.require_mamba_sdist()
+    # Outside the tests (tools/benchmark.py) the same miss is an error that names the fix.
+    with pytest.raises(official_code.OfficialCodeMissing, match="SELM_OFFICIAL_ROOT"):
+        official_code.require_official()
 
 
 def _mamba_by_recurrence(m, u):

@@ -11,6 +11,8 @@ import torch
 from PIL import Image
 
 from selm_d2.data import synthetic as S
+from selm_d2.data.masks import avss_palette
+from selm_d2.data.synthetic import sound, writers
 
 SIZE = 32
 COUNTS = {"train": 3, "val": 3, "test": 3}
@@ -102,7 +104,7 @@ def test_silent_scene_has_empty_masks_and_noise_only_audio():
     assert not S.label_maps(scene, owner).any()
     signal, noise = S.render_audio(scene)
     assert not signal.any()
-    expected = S.SOURCE_RMS ** 2 / 10 ** (scene.snr_db / 10)
+    expected = sound.SOURCE_RMS ** 2 / 10 ** (scene.snr_db / 10)
     assert abs(10 * np.log10(np.mean(noise.astype(np.float64) ** 2) / expected)) < 0.1
 
 
@@ -171,7 +173,7 @@ def test_file_formats(synth_root):
                 paths["jpg"].append(path)
             elif name.endswith(".wav"):
                 paths["wav"].append(path)
-    palette = {tuple(c) for c in S.avss_palette(len(S.SYNTH_CATEGORIES) + 1)}
+    palette = {tuple(c) for c in avss_palette(len(S.SYNTH_CATEGORIES) + 1)}
     for path in paths["png_mask"]:
         with Image.open(path) as im:
             assert im.mode == "L" and im.size == (SIZE, SIZE)
@@ -208,7 +210,7 @@ def test_same_seed_same_bytes_any_workers_other_seed_differs(synth_root, tmp_pat
 
 # ------------------------------------------------------------------------------ ground truth
 def _palette_index(rgb):
-    palette = S.avss_palette(len(S.SYNTH_CATEGORIES) + 1)
+    palette = avss_palette(len(S.SYNTH_CATEGORIES) + 1)
     match = (rgb[:, :, None, :] == palette[None, None]).all(axis=-1)
     assert match.any(axis=-1).all()
     return match.argmax(axis=-1)
@@ -413,7 +415,7 @@ def test_real_avsbench_loaders_read_the_synthetic_layouts(synth_root):
                 if layout == "avss":
                     assert meta.evaluator_type == "avss"
                     assert meta.stuff_classes == ["background"] + S.SYNTH_CATEGORIES
-                    assert meta.stuff_colors == S.avss_palette(7).tolist()
+                    assert meta.stuff_colors == avss_palette(7).tolist()
                     assert meta.num_frames == 10
                 else:
                     assert meta.evaluator_type == "avs_binary"
@@ -436,7 +438,7 @@ def test_coded_categories_differ_in_look_and_in_vggish_log_mel():
 
     def mean_log_mel(name, seed):
         rng = np.random.default_rng(seed)
-        wave = S._tone_pair(rng, t, *S.CODED_SOUNDS[name]) * S.SOURCE_RMS
+        wave = sound._tone_pair(rng, t, *S.CODED_SOUNDS[name]) * sound.SOURCE_RMS
         noise = rng.standard_normal(SR)
         noise *= np.sqrt(np.mean(wave ** 2) / 10.0 / np.mean(noise ** 2))
         return waveform_to_examples(wave + noise, SR)[0].mean(axis=0)  # [64]
@@ -487,7 +489,7 @@ def test_70_category_avss_layout_reads_through_the_registered_names(tmp_path, mo
 
 # ------------------------------------------------------------------------------ atomicity
 def _failing_after(n, exc=KeyboardInterrupt):
-    real = S._write_clip
+    real = writers._write_clip
     calls = []
 
     def write(job):
@@ -500,7 +502,7 @@ def _failing_after(n, exc=KeyboardInterrupt):
 
 def test_interrupted_generation_leaves_no_complete_looking_layout(tmp_path, monkeypatch):
     out = str(tmp_path)
-    monkeypatch.setattr(S, "_write_clip", _failing_after(3))
+    monkeypatch.setattr(writers, "_write_clip", _failing_after(3))
     with pytest.raises(KeyboardInterrupt):
         S.generate(out, layouts=["ms3"], clips_per_split=COUNTS, size=SIZE, progress=False)
     assert os.listdir(out) == []
@@ -513,7 +515,7 @@ def test_interrupted_generation_leaves_no_complete_looking_layout(tmp_path, monk
 
     # Interrupting a regeneration with other settings keeps the complete old layout.
     before = _tree(out)
-    monkeypatch.setattr(S, "_write_clip", _failing_after(2))
+    monkeypatch.setattr(writers, "_write_clip", _failing_after(2))
     with pytest.raises(KeyboardInterrupt):
         S.generate(out, layouts=["ms3"], clips_per_split=COUNTS, size=SIZE, seed=5,
                    progress=False)
@@ -528,7 +530,7 @@ def test_rerun_is_a_no_op_and_other_settings_regenerate(tmp_path, monkeypatch):
     root = os.path.join(out, "Single-source")
     stamps = {p: os.stat(os.path.join(root, p)).st_mtime_ns for p in _tree(root)}
 
-    monkeypatch.setattr(S, "_write_clip", _failing_after(0, RuntimeError))
+    monkeypatch.setattr(writers, "_write_clip", _failing_after(0, RuntimeError))
     S.generate(out, layouts=["s4", "ms3"], clips_per_split=counts, size=SIZE, progress=False)
     assert {p: os.stat(os.path.join(root, p)).st_mtime_ns for p in _tree(root)} == stamps
     monkeypatch.undo()

@@ -1,7 +1,7 @@
 """tools/gpu_check.py runs its steps end to end (on CPU here, without AMP or mamba-ssm);
 tools/benchmark.py's per-part timing puts every module of SelM in its part, and each of its
 sections runs (tiny, on the AVS-Synth configs); tools/run_demo.py trains SelM and its
-visual-only twin side by side and draws the summary picture; tools/train_jobs.py shares the
+visual-only twin side by side and draws the summary picture; selm_d2.engine.jobs shares the
 threads out and reports a failing job."""
 import collections
 import json
@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
 import benchmark  # noqa: E402
 import gpu_check  # noqa: E402
 import run_demo  # noqa: E402
-import train_jobs  # noqa: E402
+from selm_d2.engine import jobs  # noqa: E402
 
 
 @pytest.mark.slow
@@ -172,16 +172,16 @@ def test_run_demo_trains_selm_and_its_twin_side_by_side(tmp_path, monkeypatch):
     assert len(list((root / "overlays").glob("*/heatmap_*.png"))) == 5
 
 
-def test_train_jobs_split_the_threads_and_report_a_failing_job(tmp_path):
-    assert train_jobs.threads_per_job(2, cpus=2) == 1
-    assert train_jobs.threads_per_job(2, cpus=8) == 4
-    assert train_jobs.threads_per_job(3, cpus=2) == 1
-    assert train_jobs.job_env({"OMP_NUM_THREADS": "3"}, 2)["OMP_NUM_THREADS"] == "3"
-    assert train_jobs.job_env({}, 1)["OMP_NUM_THREADS"] == str(train_jobs.threads_per_job(1))
+def test_jobs_split_the_threads_and_report_a_failing_job(tmp_path):
+    assert jobs.threads_per_job(2, cpus=2) == 1
+    assert jobs.threads_per_job(2, cpus=8) == 4
+    assert jobs.threads_per_job(3, cpus=2) == 1
+    assert jobs.job_env({"OMP_NUM_THREADS": "3"}, 2)["OMP_NUM_THREADS"] == "3"
+    assert jobs.job_env({}, 1)["OMP_NUM_THREADS"] == str(jobs.threads_per_job(1))
     # Both jobs run to the end although one fails; the error names it and shows its log.
     ok, bad = tmp_path / "ok.log", tmp_path / "bad.log"
     with pytest.raises(RuntimeError, match=r"(?s)exit 3.*bad\.log.*went wrong") as err:
-        train_jobs.run_jobs(
+        jobs.run_jobs(
             [([sys.executable, "-c", "print('fine')"], str(ok)),
              ([sys.executable, "-c", "import sys; print('went wrong'); sys.exit(3)"], str(bad))],
             dict(os.environ), str(tmp_path))
@@ -223,3 +223,17 @@ def test_benchmark_official_times_both_sides(tmp_path):
     assert "| s4 | R50 | 5 × 224² | {:.0f} | {:.0f} | ".format(
         row["inference"]["selm_d2_ms"], row["inference"]["official_ms"]) in table
     assert "CPU " in table and "no optimizer step" in table
+
+
+def test_mean_std_over_seeds_by_hand():
+    assert jobs.mean_std([90.0, 88.0, 86.0]) == (88.0, 2.0)
+    assert jobs.format_mean_std([90.7, 89.6, 86.6]) == "89.0 ± 2.1"
+    assert jobs.format_mean_std([0.25], digits=2) == "0.25"
+
+
+def test_train_command_resumes_and_read_metrics_names_a_missing_run(tmp_path):
+    cmd = jobs.train_command("configs/synth/ms3.yaml", str(tmp_path), ["SEED", "1"])
+    assert cmd[1:5] == ["train_net.py", "--config-file", "configs/synth/ms3.yaml", "--resume"]
+    assert cmd[-2:] == ["SEED", "1"]
+    with pytest.raises(FileNotFoundError, match="inference"):
+        jobs.read_metrics(str(tmp_path), "avs_synth_ms3_test")

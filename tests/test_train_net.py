@@ -104,7 +104,7 @@ def test_evaluation_inside_training_runs_in_inference_mode_and_training_goes_on(
 def test_swapped_audio_really_changes_the_audio(tiny_synth):
     from detectron2.data import DatasetCatalog
 
-    from train_net import _silenced, _swapped
+    from selm_d2.engine.trainer import _silenced, _swapped
 
     dicts = DatasetCatalog.get(tiny_synth["test"])
     swapped = _swapped(dicts)
@@ -117,12 +117,12 @@ def test_swapped_audio_really_changes_the_audio(tiny_synth):
 def test_illusion_on_one_clip_warns_that_swapping_needs_two(tiny_synth):
     from detectron2.data import DatasetCatalog
 
-    from train_net import _swapped
+    from selm_d2.engine.trainer import _swapped
 
     from test_audio import _Records
 
     one = DatasetCatalog.get(tiny_synth["test"])[:1]
-    with _Records("selm_d2.train_net") as records:
+    with _Records("selm_d2.engine.trainer") as records:
         assert _swapped(one)[0]["audio_file_name"] == one[0]["audio_file_name"]
         _swapped(DatasetCatalog.get(tiny_synth["test"])[:2])
     assert len(records) == 1 and "at least 2 clips" in records[0], records
@@ -184,7 +184,7 @@ def test_optimizer_groups_follow_the_decay_and_lr_rules(tiny_synth, tmp_path):
     """One group per (lr, weight decay); parameters of norm layers get WEIGHT_DECAY_NORM, all
     others WEIGHT_DECAY; the backbone gets its LR multiplier; frozen parameters are left out;
     every trainable parameter is in exactly one group."""
-    import train_net
+    from selm_d2.engine import trainer
     from detectron2.modeling import build_model
 
     cfg = _cfg(tiny_synth, tmp_path, 1)
@@ -193,14 +193,14 @@ def test_optimizer_groups_follow_the_decay_and_lr_rules(tiny_synth, tmp_path):
     cfg.SOLVER.WEIGHT_DECAY_NORM = 0.0  # the synth config's are equal: make them differ
     cfg.MODEL.SELM.AUDIO.FREEZE = True
     model = build_model(cfg)
-    optimizer = train_net.Trainer.build_optimizer(cfg, model)
+    optimizer = trainer.Trainer.build_optimizer(cfg, model)
     group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     assert not any(n.startswith("audio_encoder.") for n, _ in trainable)
     assert sum(len(g["params"]) for g in optimizer.param_groups) == len(trainable) == len(group_of)
     keys = [(g["lr"], g["weight_decay"]) for g in optimizer.param_groups]
     assert len(keys) == len(set(keys)) == 4
-    in_norm = {id(p) for m in model.modules() if isinstance(m, train_net._NORM_TYPES)
+    in_norm = {id(p) for m in model.modules() if isinstance(m, trainer._NORM_TYPES)
                for p in m.parameters(recurse=False)}
     assert in_norm  # BatchNorm, GroupNorm, LayerNorm
     base = cfg.SOLVER.BASE_LR

@@ -26,7 +26,7 @@ and ``scaling.png`` (latency vs frames per clip) into ``--output-dir``. Sections
   probabilities, per-pixel labels, the evaluator's request at TEST.AVS.EVAL_SIZE), each in a
   fresh process;
 - official (only when ``--sections`` names it): SelM-D2 against the SelM authors' own code
-  (../shared/reference/selm_official, loaded by tests/official.py) for each of their six
+  (../shared/reference/selm_official, loaded by selm_d2/official_code.py) for each of their six
   released models (``--official-models s4:R50 ms3:PVT ...``), with the same weights
   (``selm_d2.official.convert_official``) on the same clip at the task's input size and frame
   count: inference per clip (SelM-D2's whole ``model([clip])`` vs their VGGish + model), one
@@ -54,20 +54,18 @@ import os
 import platform
 import resource
 import statistics
-import sys
 import tempfile
 import time
 
 import torch
 import tqdm
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from detectron2.modeling import build_model  # noqa: E402
+from detectron2.modeling import build_model
 
-from selm_d2 import load_config  # noqa: E402
-from selm_d2.modeling.mamba import selective_scan, selective_scan_ref  # noqa: E402
-from selm_d2.utils import atomic_path, write_text_atomic  # noqa: E402
-from train_net import Trainer  # noqa: E402
+from selm_d2 import load_config
+from selm_d2.engine import Trainer
+from selm_d2.modeling.mamba import selective_scan, selective_scan_ref
+from selm_d2.utils import atomic_path, write_text_atomic
 
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 PAPER_CONFIGS = {"R50": "configs/ms3/selm_R50.yaml", "PVT-v2-b5": "configs/ms3/selm_pvt_v2_b5.yaml"}
@@ -526,8 +524,6 @@ def bench_avss_memory(device, config=AVSS_CONFIG, output_size=(720, 1280)):
 OFFICIAL_MODELS = (("s4", "R50"), ("s4", "PVT"), ("ms3", "R50"), ("ms3", "PVT"),
                    ("avss", "R50"), ("avss", "PVT"))
 OFFICIAL_FOLDERS = {"s4": "avs_s4", "ms3": "avs_ms3", "avss": "avss"}
-# Where tests/official.py finds the authors' code: ../shared/reference beside the repository.
-OFFICIAL_ROOT = os.path.abspath(os.path.join(REPO, "..", "shared", "reference", "selm_official"))
 # Targets that the official section prints next to its numbers.
 OFFICIAL_TARGETS = {"inference": 0.8, "train_step": 1.0}
 # Both pipelines resize their masks to 224 x 224: the authors' S4 / MS3 forward hard-codes
@@ -547,27 +543,17 @@ def official_model(text):
 
 
 def _import_official():
-    """tests/official.py, which loads the SelM authors' code (../shared/reference/selm_official)
-    on CPU; exits with a message when that code or the mamba-ssm sdist it needs is missing."""
-    if not os.path.isdir(OFFICIAL_ROOT):
-        raise SystemExit("--sections official compares SelM-D2 with the SelM authors' code, which "
-                         "is not at {} (../shared/reference/selm_official beside the repository "
-                         "root)".format(OFFICIAL_ROOT))
-    # tests/official.py is a test helper, not part of selm_d2, and tests/ is not a package:
-    # this is the one place outside the tests that loads it, so the folder goes on sys.path
-    # here, when the official section runs, and nowhere else.
-    tests_dir = os.path.abspath(os.path.join(REPO, "tests"))
-    if tests_dir not in sys.path:
-        sys.path.insert(0, tests_dir)
-    import official
-    import pytest
+    """selm_d2.official_code with the authors' code and mamba-ssm loaded; exits with a message
+    when either is missing."""
+    from selm_d2 import official_code
 
-    try:  # official.py skips (or under CI fails) a test where a file is missing
-        official.require_official()
-        official.load_mamba()
-    except (pytest.skip.Exception, pytest.fail.Exception) as exc:
-        raise SystemExit("--sections official: {}".format(exc)) from None
-    return official
+    try:
+        official_code.require_official()
+        official_code.load_mamba()
+    except official_code.OfficialCodeMissing as exc:
+        raise SystemExit("--sections official compares SelM-D2 with the SelM authors' code: "
+                         "{}".format(exc)) from None
+    return official_code
 
 
 def _copy_torch_placing_on(device):
@@ -591,7 +577,7 @@ def _copy_torch_placing_on(device):
 class _OfficialOnDevice:
     """While active, the authors' modules that make tensors on a hard-coded device make them on
     ``device``. Their code puts two tensors on CUDA itself (the audio mask in SelM.py, the
-    first-frame indices in S4's loss.py); tests/official.py rewrites that to the CPU. On CUDA
+    first-frame indices in S4's loss.py); selm_d2/official_code.py rewrites that to the CPU. On CUDA
     those two modules get a ``torch`` whose factories place on the device again, as the
     authors' own code does; nothing else changes (no per-op hook, so no cost). Restored on
     exit: the modules are cached for the whole process."""
@@ -616,9 +602,9 @@ class _OfficialOnDevice:
 def _official_mamba_blocks(ref, device):
     """On CUDA with mamba-ssm installed, the authors' BCSM gets mamba-ssm's own ``Mamba`` (what
     their code builds there; fused path when causal-conv1d is installed too) with the same
-    weights; otherwise it keeps tests/official.py's reference Mamba (pure PyTorch, step-by-step
+    weights; otherwise it keeps selm_d2/official_code.py's reference Mamba (pure PyTorch, step-by-step
     scan), which runs on any device. -> a description of what it runs."""
-    reference = "mamba-ssm's Mamba, pure-PyTorch path (selective_scan_ref), from tests/official.py"
+    reference = "mamba-ssm's Mamba, pure-PyTorch path (selective_scan_ref), from selm_d2/official_code.py"
     if torch.device(device).type != "cuda":
         return reference
     try:

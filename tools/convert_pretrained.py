@@ -13,17 +13,14 @@ file ``MODEL.SELM.AUDIO.WEIGHTS`` (the torchvggish port ``vggish-10086976.pth``)
 other modules keep their initialisation, as with any detectron2 backbone checkpoint.
 """
 import argparse
-import os
-import sys
 
 import torch
 
 from detectron2.modeling import build_model
 
-sys.path.insert(1, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from selm_d2 import load_config  # noqa: E402
-from selm_d2.modeling.pretrained import encoder_state_dict, load_pretrained_encoders  # noqa: E402
-from selm_d2.utils import atomic_path  # noqa: E402
+from selm_d2 import load_config
+from selm_d2.modeling.pretrained import encoder_state_dict, load_pretrained_encoders
+from selm_d2.utils import atomic_path
 
 
 def get_parser():

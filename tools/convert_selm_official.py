@@ -21,7 +21,7 @@ from detectron2.modeling import build_model
 
 from selm_d2 import load_config
 from selm_d2.official import OFFICIAL_CONFIGS, convert_official, identify_official
-from selm_d2.utils import atomic_path
+from selm_d2.utils import ConfigError, DataError, MissingFileError, atomic_path, exit_on_user_error
 
 
 def get_parser():
@@ -32,21 +32,22 @@ def get_parser():
                         help="the VGGish weights the authors use (vggish-10086976.pth)")
     parser.add_argument("checkpoint", help="the authors' .pth file")
     parser.add_argument("output", help="the SelM-D2 .pth file to write")
+    parser.add_argument("--verbose", action="store_true", help="show the traceback of errors too")
     return parser
 
 
 def _read_state_dict(path, what):
     if not os.path.isfile(path):
-        raise SystemExit("{} {} does not exist".format(what, path))
+        raise MissingFileError("{} {} does not exist".format(what, path))
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any reader error means "not a checkpoint"
-        raise SystemExit("{} {} is not a PyTorch checkpoint ({}: {})".format(
+        raise DataError("{} {} is not a PyTorch checkpoint ({}: {})".format(
             what, path, type(e).__name__, e)) from None
     if isinstance(data, dict) and isinstance(data.get("model"), dict):
         data = data["model"]
     if not isinstance(data, dict) or not all(torch.is_tensor(v) for v in data.values()):
-        raise SystemExit("{} {} holds no state dict of tensors".format(what, path))
+        raise DataError("{} {} holds no state dict of tensors".format(what, path))
     return data
 
 
@@ -55,8 +56,8 @@ def convert(config_file, checkpoint, vggish, output):
     state_dict = _read_state_dict(checkpoint, "checkpoint")
     try:
         task, backbone = identify_official(state_dict)
-    except ValueError as e:
-        raise SystemExit("{}: {}".format(checkpoint, e)) from None
+    except DataError as e:
+        raise DataError("{}: {}".format(checkpoint, e)) from None
     weights = convert_official(state_dict, _read_state_dict(vggish, "VGGish file"))
     model = build_model(load_config(config_file, ["MODEL.DEVICE", "cpu"]))
     try:
@@ -64,9 +65,9 @@ def convert(config_file, checkpoint, vggish, output):
     except RuntimeError:  # tensors of other shapes
         missing = unexpected = True
     if missing or unexpected:
-        raise SystemExit("{} is the authors' {} {} model, which {} does not build: use "
-                         "--config-file {}".format(checkpoint, task.upper(), backbone,
-                                                   config_file, OFFICIAL_CONFIGS[(task, backbone)]))
+        raise ConfigError("{} is the authors' {} {} model, which {} does not build: use "
+                          "--config-file {}".format(checkpoint, task.upper(), backbone,
+                                                    config_file, OFFICIAL_CONFIGS[(task, backbone)]))
     with atomic_path(output) as tmp:
         torch.save({"model": weights, "__author__": "selm_d2 tools/convert_selm_official.py",
                     "source": {"checkpoint": checkpoint, "vggish": vggish,
@@ -76,7 +77,8 @@ def convert(config_file, checkpoint, vggish, output):
 
 def main(argv=None):
     args = get_parser().parse_args(argv)
-    count = convert(args.config_file, args.checkpoint, args.vggish, args.output)
+    with exit_on_user_error(args.verbose):
+        count = convert(args.config_file, args.checkpoint, args.vggish, args.output)
     print("wrote {} tensors to {}; evaluate with: python train_net.py --config-file {} "
           "--eval-only MODEL.WEIGHTS {}".format(count, args.output, args.config_file, args.output))
 

@@ -3,7 +3,7 @@
 
 The authors' code (../shared/reference/selm_official, requirements.txt) builds its BCSM blocks
 from ``mamba_ssm==1.1.3.post1``. That package cannot be installed here (its build compiles CUDA
-kernels, and ``import mamba_ssm`` needs them), but tests/official.py only needs two pure-Python
+kernels, and ``import mamba_ssm`` needs them), but selm_d2/official_code.py only needs two pure-Python
 files of its sdist: ``mamba_ssm/modules/mamba_simple.py`` (the ``Mamba`` module) and
 ``mamba_ssm/ops/selective_scan_interface.py`` (``selective_scan_ref``, the PyTorch scan). It
 reads them straight from the tarball that this tool puts in ``<venv>/share/selm_d2/``.
@@ -26,7 +26,7 @@ import sys
 import tempfile
 import urllib.request
 
-# The sibling script (this file's folder is on sys.path when it runs as a script).
+# install_detectron2.py beside this script (both run as scripts, python tools/<name>.py).
 from install_detectron2 import sha256_of
 
 NAME = "mamba-ssm"
@@ -34,7 +34,7 @@ VERSION = "1.1.3.post1"
 FILENAME = "mamba_ssm-1.1.3.post1.tar.gz"
 SHA256 = "be9495656810846faa2297e579a83511584752b2e8fa6d780425fff66374c89d"
 PYPI_JSON = "https://pypi.org/pypi/{}/json".format(NAME)
-# Where tests/official.py looks (Path(sys.prefix) / "share/selm_d2").
+# Where selm_d2/official_code.py looks (Path(sys.prefix) / "share/selm_d2").
 DEFAULT_DEST = os.path.join(sys.prefix, "share", "selm_d2")
 COMMAND = "python tools/fetch_mamba_reference.py"
 

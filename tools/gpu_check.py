@@ -14,23 +14,21 @@
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 
 import torch
 
-TOOLS = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(TOOLS, ".."))
-sys.path.insert(0, TOOLS)
-from benchmark import bench_scan, machine_info  # noqa: E402
+from benchmark import bench_scan, machine_info  # beside this script
 
-from selm_d2 import load_config  # noqa: E402
-from selm_d2.data.datasets import register_dataset_specs  # noqa: E402
-from selm_d2.data.synthetic import generate  # noqa: E402
-from selm_d2.modeling.mamba import Mamba, _load_cuda_kernels  # noqa: E402
-from selm_d2.utils import write_text_atomic  # noqa: E402
-from train_net import Trainer  # noqa: E402
+from selm_d2 import load_config
+from selm_d2.data.datasets import register_dataset_specs
+from selm_d2.data.synthetic import generate
+from selm_d2.engine import Trainer
+from selm_d2.modeling.mamba import Mamba, _load_cuda_kernels
+from selm_d2.utils import write_text_atomic
+
+TOOLS = os.path.dirname(os.path.abspath(__file__))
 
 SYNTH_CONFIG = os.path.join(TOOLS, "..", "configs", "synth", "ms3.yaml")
 # Sequence lengths BCSM's Mamba stacks scan (one token per frame: T = 5, AVSS 10) and a long one.

@@ -5,8 +5,7 @@
    INPUT.AVS.SIZE (no-op when present);
 2. train SelM (configs/synth/ms3.yaml) with train_net.py, resuming if interrupted;
 3. with ``--twin``, at the same time its visual-only twin (same recipe, every clip hears
-   silence), each with half of the CPU threads (tools/train_jobs.py); the twin's log is
-   output/demo/visual_only.log;
+   silence), each with half of the CPU threads; the twin's log is output/demo/visual_only.log;
 4. evaluate after training (SelM also with silenced / swapped audio);
 5. draw overlays and CLEVER hit maps of test clips into output/demo/overlays/ and a summary
    picture output/demo/summary.png; print and save the results table (output/demo/results.md).
@@ -18,14 +17,27 @@ output/demo/{selm,visual_only}/ (what ``make app`` serves), the others in output
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
 
+import numpy as np
+
+from detectron2.data import DatasetCatalog
+from detectron2.data.detection_utils import read_image
+
 from selm_d2 import load_config
+from selm_d2.data.masks import read_clip_masks
+from selm_d2.engine import jobs
+from selm_d2.engine.predictor import AVSPredictor, metadata_for
 from selm_d2.utils import write_text_atomic
-from train_jobs import job_env, run_jobs
+from selm_d2.utils.visualizer import (
+    draw_heatmap,
+    draw_prediction,
+    enlarge,
+    finest_level,
+    write_image_atomic,
+)
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 CONFIG = "configs/synth/ms3.yaml"
@@ -49,26 +61,8 @@ def run(cmd, env):
     subprocess.run(cmd, cwd=REPO, env=env, check=True)
 
 
-def train_command(output_dir, opts, illusion):
-    # detectron2 evaluates once after training (also when --resume finds training finished),
-    # so one command trains, resumes and evaluates.
-    return [sys.executable, "train_net.py", "--config-file", CONFIG, "--resume", "OUTPUT_DIR",
-            output_dir, "TEST.EVAL_PERIOD", "0", "TEST.AVS.ILLUSION", str(illusion)] + opts
-
-
-def read_metrics(output_dir):
-    metrics = {}
-    inference = os.path.join(output_dir, "inference", TEST_SET)
-    for fname in sorted(os.listdir(inference)):
-        if fname.startswith("avs_results") and fname.endswith(".json"):
-            with open(os.path.join(inference, fname)) as f:
-                metrics.update(json.load(f)["metrics"])
-    return metrics
-
-
 def train_pair(root, env, seed, opts=(), twin=False):
-    """Train and evaluate SelM and, with ``twin``, its visual-only twin side by side
-    (tools/train_jobs.py).
+    """Train and evaluate SelM and, with ``twin``, its visual-only twin side by side.
 
     SelM's log goes to this console, the twin's to ``<root>/visual_only.log``; ``opts`` are
     config options for both.
@@ -76,33 +70,24 @@ def train_pair(root, env, seed, opts=(), twin=False):
     """
     seed_opts = list(opts) + ["SEED", str(seed)]
     selm_dir, twin_dir = os.path.join(root, "selm"), os.path.join(root, "visual_only")
-    jobs = [(train_command(selm_dir, seed_opts, illusion=True), None)]
+    runs = [(jobs.train_command(CONFIG, selm_dir, seed_opts + ["TEST.AVS.ILLUSION", "True"]),
+             None)]
     if twin:
-        jobs.append((train_command(twin_dir, seed_opts + ["INPUT.AVS.AUDIO.SOURCE", "silence"],
-                                   illusion=False), twin_dir + ".log"))
-    for cmd, log in jobs:
+        runs.append((jobs.train_command(CONFIG, twin_dir, seed_opts + [
+            "TEST.AVS.ILLUSION", "False", "INPUT.AVS.AUDIO.SOURCE", "silence"]), twin_dir + ".log"))
+    for cmd, log in runs:
         print("\n$ " + " ".join(cmd) + ("  > " + log if log else ""), flush=True)
-    run_jobs(jobs, job_env(env, len(jobs)), REPO)
-    selm = read_metrics(selm_dir)
+    jobs.run_jobs(runs, jobs.job_env(env, len(runs)), REPO)
+    selm = jobs.read_metrics(selm_dir, TEST_SET)
     selm["swapped_drop"] = selm["M_J"] - selm["swapped/M_J"]
     results = {"selm": selm}
     if twin:
-        results["visual_only"] = read_metrics(twin_dir)
+        results["visual_only"] = jobs.read_metrics(twin_dir, TEST_SET)
     return results
 
 
 def render(out_root, num_clips, opts=()):
     """Overlays + heat maps for the first test clips, and one summary picture."""
-    import numpy as np
-
-    sys.path.insert(0, os.path.join(REPO, "demo"))
-    from detectron2.data import DatasetCatalog
-    from detectron2.data.detection_utils import read_image
-    from predictor import (AVSPredictor, draw_heatmap, draw_prediction, enlarge, finest_level,
-                           metadata_for, write_image_atomic)
-
-    from selm_d2.data.masks import read_clip_masks
-
     cfg = load_config(os.path.join(REPO, CONFIG), list(opts) + [
         "MODEL.WEIGHTS", os.path.join(out_root, "selm", "model_final.pth"),
         "MODEL.SELM.RETURN_MAPS", "True"])
@@ -150,11 +135,7 @@ def table(results, seeds, minutes):
         values = [r.get(model, {}).get(key) for r in results.values()]
         if any(v is None for v in values):
             continue
-        if len(values) == 1:
-            cell = "{:.1f}".format(values[0])
-        else:
-            cell = "{:.1f} ± {:.1f}".format(statistics.mean(values), statistics.stdev(values))
-        lines.append("| {} | {} | {} |".format(label, cell, target))
+        lines.append("| {} | {} | {} |".format(label, jobs.format_mean_std(values), target))
     lines.append("| wall time after install (min) | {:.1f} | ≤ 15 per seed |".format(minutes))
     return "\n".join(lines) + "\n"
 

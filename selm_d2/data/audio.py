@@ -27,6 +27,7 @@ import numpy as np
 import soundfile as sf
 import torch
 from scipy.signal import resample_poly
+from ..utils import ConfigError, DataError
 
 __all__ = [
     "AudioError",
@@ -55,7 +56,7 @@ EXAMPLE_FRAMES = 96  # 0.96 s of 10 ms frames; examples do not overlap
 
 SHORT_POLICIES = ("repeat_last", "zero_pad")
 # "resampy": the reference's resampler itself; "polyphase": resampy's filter applied by scipy's
-# polyphase filter bank, faster and equal to it up to float rounding (README: measured).
+# polyphase filter bank, faster and equal to it up to float rounding.
 RESAMPLERS = ("resampy", "polyphase")
 RESAMPY_FILTER = "kaiser_best"  # resampy.resample's default, used by the reference
 
@@ -63,7 +64,7 @@ logger = logging.getLogger(__name__)
 _warned_short = set()  # files already reported as shorter than their clip (in this process)
 
 
-class AudioError(ValueError):
+class AudioError(DataError):
     """An audio file that is missing, unreadable or holds unusable samples."""
 
 
@@ -143,7 +144,7 @@ def _resample(waveform, sample_rate, resampler):
     if num_out < STFT_WINDOW:
         return np.zeros(0)  # no STFT frame either way; resampy rejects inputs this short
     if resampler == "resampy":
-        import resampy  # imports numba (~0.3 s); its first call compiles (1-2 s per process)
+        import resampy  # here, not at the top: it imports numba and compiles on first use
 
         return resampy.resample(waveform, sample_rate, VGGISH_SAMPLE_RATE, filter=RESAMPY_FILTER)
     gcd = math.gcd(int(sample_rate), VGGISH_SAMPLE_RATE)
@@ -195,7 +196,7 @@ def waveform_to_examples(waveform, sample_rate, max_examples=None, resampler="re
         float32 array [N, 96, 64]; N = whole 0.96 s examples (a partial last one is dropped).
     """
     if resampler not in RESAMPLERS:
-        raise ValueError("INPUT.AVS.AUDIO.RESAMPLER is {!r}; expected one of {}.".format(
+        raise ConfigError("INPUT.AVS.AUDIO.RESAMPLER is {!r}; expected one of {}.".format(
             resampler, RESAMPLERS))
     waveform = np.asarray(waveform)
     if waveform.ndim == 2:
@@ -342,13 +343,13 @@ def load_audio_examples(path, num_frames, short_policy="repeat_last",
             of the wrong shape; the message names the file.
     """
     if sample_rate != VGGISH_SAMPLE_RATE:
-        raise ValueError(
+        raise ConfigError(
             "INPUT.AVS.AUDIO.SAMPLE_RATE is {}, but the VGGish log-mel front-end is defined at "
             "{} Hz (audio files at other rates are resampled): set it to {}.".format(
                 sample_rate, VGGISH_SAMPLE_RATE, VGGISH_SAMPLE_RATE)
         )
     if short_policy not in SHORT_POLICIES:
-        raise ValueError(
+        raise ConfigError(
             "INPUT.AVS.AUDIO.SHORT_POLICY is {!r}; expected one of {}.".format(
                 short_policy, SHORT_POLICIES)
         )

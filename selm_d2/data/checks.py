@@ -1,5 +1,6 @@
 """Checks of a config against the datasets it names, run before any data is loaded."""
 from detectron2.data import MetadataCatalog
+from ..utils import ConfigError
 
 __all__ = ["check_num_classes"]
 
@@ -15,7 +16,7 @@ def check_num_classes(cfg, dataset_names):
     for name in dataset_names:
         classes = MetadataCatalog.get(name).get("stuff_classes", None)
         if classes is not None and len(classes) != k + 1:
-            raise ValueError(
+            raise ConfigError(
                 "MODEL.SELM.NUM_CLASSES is {} (the model predicts background + {} classes) but "
                 "dataset '{}' has {} classes in its stuff_classes (background + {}): set "
                 "MODEL.SELM.NUM_CLASSES {}, or use a config made for this dataset (e.g. "

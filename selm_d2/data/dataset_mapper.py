@@ -12,6 +12,7 @@ from detectron2.data import transforms as T
 
 from .audio import RESAMPLERS, load_audio_examples, silent_examples
 from .masks import IGNORE_LABEL, read_clip_masks
+from ..utils import ConfigError, DataError, MissingFileError
 
 __all__ = ["AVSClipDatasetMapper", "ClipCenterCrop"]
 
@@ -94,19 +95,19 @@ class AVSClipDatasetMapper:
             ignore_label: sem_seg value of unannotated pixels and frames.
         """
         if crop not in CROP_TYPES:
-            raise ValueError("INPUT.AVS.CROP is {!r}; expected one of {}.".format(crop, CROP_TYPES))
+            raise ConfigError("INPUT.AVS.CROP is {!r}; expected one of {}.".format(crop, CROP_TYPES))
         if audio_source not in AUDIO_SOURCES:
-            raise ValueError("INPUT.AVS.AUDIO.SOURCE is {!r}; expected one of {}.".format(
+            raise ConfigError("INPUT.AVS.AUDIO.SOURCE is {!r}; expected one of {}.".format(
                 audio_source, AUDIO_SOURCES))
         if resampler not in RESAMPLERS:
-            raise ValueError("INPUT.AVS.AUDIO.RESAMPLER is {!r}; expected one of {}.".format(
+            raise ConfigError("INPUT.AVS.AUDIO.RESAMPLER is {!r}; expected one of {}.".format(
                 resampler, RESAMPLERS))
         if len(scale_range) != 2 or not 0 < scale_range[0] <= scale_range[1]:
-            raise ValueError("INPUT.AVS.SCALE_RANGE must be [min, max] with 0 < min <= max; "
-                             "got {}.".format(list(scale_range)))
+            raise ConfigError("INPUT.AVS.SCALE_RANGE must be [min, max] with 0 < min <= max; "
+                              "got {}.".format(list(scale_range)))
         if num_frames < 1 or pad_to_frames < 0:
-            raise ValueError("INPUT.AVS.NUM_FRAMES must be >= 1 and PAD_TO_FRAMES >= 0; got "
-                             "{} and {}.".format(num_frames, pad_to_frames))
+            raise ConfigError("INPUT.AVS.NUM_FRAMES must be >= 1 and PAD_TO_FRAMES >= 0; got "
+                              "{} and {}.".format(num_frames, pad_to_frames))
         self.is_train = is_train
         self.size = size
         self.num_frames = num_frames
@@ -157,16 +158,16 @@ class AVSClipDatasetMapper:
         count = len(dataset_dict["file_names"])
         if count > self.num_frames or (count < self.num_frames
                                        and self.pad_to_frames < self.num_frames):
-            raise ValueError(
+            raise ConfigError(
                 "Clip {!r} has {} frames but INPUT.AVS.NUM_FRAMES is {} (PAD_TO_FRAMES {}). Set "
                 "NUM_FRAMES to the longest clip's frame count, and PAD_TO_FRAMES to it when clip "
                 "lengths differ (AVSS mixes 5- and 10-frame clips).".format(
                     dataset_dict["clip_id"], count, self.num_frames, self.pad_to_frames)
             )
         if len(dataset_dict["sem_seg_file_names"]) != count:
-            raise ValueError("Clip {!r} has {} frames but {} mask entries; give one entry per "
-                             "frame (None = not annotated).".format(
-                                 dataset_dict["clip_id"], count,
+            raise DataError("Clip {!r} has {} frames but {} mask entries; give one entry per "
+                            "frame (None = not annotated).".format(
+                                dataset_dict["clip_id"], count,
                                  len(dataset_dict["sem_seg_file_names"])))
         return count
 
@@ -178,16 +179,16 @@ class AVSClipDatasetMapper:
             try:
                 frame = utils.read_image(path, format="RGB")
             except FileNotFoundError as e:
-                raise FileNotFoundError(
+                raise MissingFileError(
                     "Frame file not found: {} (clip {!r}). Run `python -m "
                     "selm_d2.data.check_avsbench <root>` to list every missing file.".format(
                         path, dataset_dict["clip_id"])
                 ) from e
             except (OSError, ValueError) as e:
-                raise ValueError("Cannot decode frame {} (clip {!r}): {}. Replace the file with "
-                                 "a valid image.".format(path, dataset_dict["clip_id"], e)) from e
+                raise DataError("Cannot decode frame {} (clip {!r}): {}. Replace the file with "
+                                "a valid image.".format(path, dataset_dict["clip_id"], e)) from e
             if frames and frame.shape != frames[0].shape:
-                raise ValueError(
+                raise DataError(
                     "Frame {} is {}x{} (WxH) but the first frame of clip {!r} is {}x{}: all "
                     "frames of a clip must have the same size.".format(
                         path, frame.shape[1], frame.shape[0], dataset_dict["clip_id"],
@@ -203,9 +204,9 @@ class AVSClipDatasetMapper:
             override = "silence"  # the visual-only twin: every clip hears digital silence
         if override is not None:
             if override != "silence":
-                raise ValueError("Clip {!r}: audio_override {!r} is not supported; use "
-                                 "'silence' or replace audio_file_name.".format(
-                                     dataset_dict["clip_id"], override))
+                raise DataError("Clip {!r}: audio_override {!r} is not supported; use "
+                                "'silence' or replace audio_file_name.".format(
+                                    dataset_dict["clip_id"], override))
             return silent_examples(count)
         path = dataset_dict["audio_file_name"]
         log_mel = dataset_dict.get("audio_log_mel_file")
@@ -215,7 +216,7 @@ class AVSClipDatasetMapper:
             log_mel = None
         if self.audio_source == "log_mel":
             if not log_mel:
-                raise FileNotFoundError(
+                raise MissingFileError(
                     "Clip {!r} has no precomputed log-mel file paired with {} "
                     "(audio_log_mel_file; AVSBench ships them for S4/MS3 only) but "
                     "INPUT.AVS.AUDIO.SOURCE is 'log_mel': set it to 'auto' or 'wav'.".format(

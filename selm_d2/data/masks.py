@@ -17,6 +17,7 @@ import os
 
 import numpy as np
 from PIL import Image
+from ..utils import DataError, MissingFileError
 
 __all__ = [
     "AVSS_NUM_CLASSES",
@@ -66,7 +67,7 @@ def _palette_lookup():
 
 def _open_image(path, what):
     if not os.path.isfile(path):
-        raise FileNotFoundError(
+        raise MissingFileError(
             "{} not found: {}. Check the dataset root (DETECTRON2_DATASETS) and run "
             "`python -m selm_d2.data.check_avsbench <root>` to list every missing file.".format(
                 what, path)
@@ -75,7 +76,7 @@ def _open_image(path, what):
         image = Image.open(path)
         image.load()
     except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise ValueError(
+        raise DataError(
             "Cannot decode {} {} ({}: {}). Replace it with a valid PNG from the dataset "
             "release.".format(what.lower(), path, type(e).__name__, e)
         ) from e
@@ -103,7 +104,7 @@ def _avss_rgb(image, path):
         shown = ", ".join(
             "({}, {}, {})".format(k >> 16, (k >> 8) & 255, k & 255) for k in unknown[:5].tolist()
         )
-        raise ValueError(
+        raise DataError(
             "AVSS label file {} holds colour(s) {}{} ({} pixels) that are not in the 71-colour "
             "AVSBench palette (selm_d2.data.masks.avss_palette). labels_rgb files must use the "
             "palette colours exactly: re-export the label as a lossless PNG without "
@@ -117,7 +118,7 @@ def _avss_rgb(image, path):
 
 def _avss_index(image, path):
     if image.mode not in ("L", "P"):
-        raise ValueError(
+        raise DataError(
             "AVSS index label {} has PIL mode {}; labels_semantic files must be 8-bit "
             "single-channel (mode L or P) PNGs holding the class index. For colour labels use "
             "mask_format 'avss_rgb' (labels_rgb/).".format(path, image.mode)
@@ -125,7 +126,7 @@ def _avss_index(image, path):
     index = np.array(image, dtype=np.uint8)
     bad = (index >= AVSS_NUM_CLASSES) & (index != IGNORE_LABEL)
     if bad.any():
-        raise ValueError(
+        raise DataError(
             "AVSS index label {} holds value(s) {} outside the class range 0..{} (255 = "
             "ignore). Check that the file stores class indices, not colours or 0/255 "
             "masks.".format(path, np.unique(index[bad])[:5].tolist(), AVSS_NUM_CLASSES - 1)
@@ -147,7 +148,7 @@ def read_mask(path, mask_format):
             unknown mask_format.
     """
     if mask_format not in MASK_FORMATS:
-        raise ValueError(
+        raise DataError(
             "Unknown mask_format {!r} for {}; expected one of {}.".format(
                 mask_format, path, MASK_FORMATS)
         )
@@ -179,7 +180,7 @@ def read_clip_masks(dataset_dict, ignore_label=IGNORE_LABEL):
             continue
         mask = read_mask(path, dataset_dict["mask_format"])
         if mask.shape != (height, width):
-            raise ValueError(
+            raise DataError(
                 "Mask {} is {}x{} (WxH) but the frames of clip {!r} are {}x{}. Masks must have "
                 "their frame's size: re-export the mask at the frame resolution.".format(
                     path, mask.shape[1], mask.shape[0], dataset_dict.get("clip_id"), width,

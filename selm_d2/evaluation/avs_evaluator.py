@@ -29,6 +29,7 @@ from .metrics import (
     binary_scores_dataset_level,
     foreground_rate,
 )
+from ..utils import ConfigError, DataError
 
 __all__ = ["AVSEvaluator", "model_output_request"]
 
@@ -111,17 +112,17 @@ class AVSEvaluator(DatasetEvaluator):
         meta = MetadataCatalog.get(dataset_name)
         self._evaluator_type = meta.get("evaluator_type", None)
         if self._evaluator_type not in EVALUATOR_TYPES:
-            raise ValueError(
+            raise DataError(
                 "Dataset '{}' has evaluator_type {!r}; AVSEvaluator needs one of {}. Set it with "
                 "MetadataCatalog.get(name).set(evaluator_type=...)".format(
                     dataset_name, self._evaluator_type, EVALUATOR_TYPES))
         if f_batch_size < 1:
-            raise ValueError("TEST.AVS.F_BATCH_SIZE must be >= 1, got {}".format(f_batch_size))
+            raise ConfigError("TEST.AVS.F_BATCH_SIZE must be >= 1, got {}".format(f_batch_size))
         if eval_size < 0:
-            raise ValueError("TEST.AVS.EVAL_SIZE must be 0 (original size) or a positive size, "
-                             "got {}".format(eval_size))
+            raise ConfigError("TEST.AVS.EVAL_SIZE must be 0 (original size) or a positive size, "
+                              "got {}".format(eval_size))
         if avss_protocol not in AVSS_PROTOCOLS:
-            raise ValueError("TEST.AVS.AVSS_PROTOCOL is {!r}; expected one of {}.".format(
+            raise ConfigError("TEST.AVS.AVSS_PROTOCOL is {!r}; expected one of {}.".format(
                 avss_protocol, AVSS_PROTOCOLS))
         self._dataset_name = dataset_name
         self._output_dir = output_dir
@@ -133,8 +134,8 @@ class AVSEvaluator(DatasetEvaluator):
         self._ignore_label = int(meta.get("ignore_label", 255))
         self._class_names = meta.get("stuff_classes", None)
         if self._evaluator_type == "avss" and not self._class_names:
-            raise ValueError("AVSS dataset '{}' has no stuff_classes in its Metadata (background "
-                             "first); register_avs_dataset sets them".format(dataset_name))
+            raise DataError("AVSS dataset '{}' has no stuff_classes in its Metadata (background "
+                            "first); register_avs_dataset sets them".format(dataset_name))
         self._clips: List[Dict] = []
 
     @classmethod
@@ -185,7 +186,7 @@ class AVSEvaluator(DatasetEvaluator):
                                  "sounding), got {}".format(clip, channels))
             pred = pred[:, 1:].float()  # only the sounding probability is scored
         elif channels != len(self._class_names):
-            raise ValueError(
+            raise ConfigError(
                 "clip '{}': prediction has {} channels but dataset '{}' lists {} classes "
                 "(stuff_classes): check MODEL.SELM.NUM_CLASSES".format(
                     clip, channels, self._dataset_name, len(self._class_names)))

@@ -12,6 +12,7 @@ from typing import Dict, Sequence, Tuple
 
 import numpy as np
 import torch
+from ..utils import ConfigError, DataError
 
 __all__ = [
     "NUM_F_THRESHOLDS",
@@ -133,7 +134,7 @@ def binary_scores_batch_protocol(
         (M_J, M_F) as fractions; M_F NaN when no frame has non-empty ground truth.
     """
     if batch_size < 1:
-        raise ValueError(
+        raise ConfigError(
             "F batch size must be >= 1 (TEST.AVS.F_BATCH_SIZE), got {}".format(batch_size))
     if len(clip_ious) != len(clip_f_curves):
         raise ValueError("clip_ious and clip_f_curves must have one entry per clip")
@@ -186,7 +187,7 @@ def avss_frame_class_scores(
     valid = gt != ignore_label
     labels = gt[valid]
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= c):
-        raise ValueError(
+        raise DataError(
             "ground-truth classes span [{}, {}] but must lie in [0, {}) or equal the ignore "
             "label {}: check the dataset's masks and its number of classes".format(
                 int(labels.min()), int(labels.max()), c, ignore_label))

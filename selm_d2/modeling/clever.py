@@ -22,6 +22,7 @@ from torch.nn import functional as F
 
 from detectron2.config import configurable
 from detectron2.utils.registry import Registry
+from ..utils import ConfigError
 
 __all__ = ["CLEVER", "SELM_DECODER_REGISTRY", "build_selm_decoder", "gumbel_noise",
            "hard_gumbel_softmax"]
@@ -219,7 +220,7 @@ class CLEVER(nn.Module):
         super().__init__()
         num_layers = len(pos_embed_sizes)
         if len(audio_layers) != num_layers or len(grouping_dropout) != num_layers:
-            raise ValueError(
+            raise ConfigError(
                 "MODEL.SELM.CLEVER: POS_EMBED_SIZES, AUDIO_LAYERS and GROUPING_DROPOUT need one "
                 "entry per layer; got {}, {} and {}".format(
                     list(pos_embed_sizes), list(audio_layers), list(grouping_dropout)))
@@ -274,7 +275,7 @@ class CLEVER(nn.Module):
             x = self.fuses[i](x, fine)
             size = self.pos_embed_sizes[i]
             if x.shape[-2:] != (size, size):
-                raise ValueError(
+                raise ConfigError(
                     "CLEVER layer {} works on {}x{} maps but got {}: set "
                     "MODEL.SELM.CLEVER.POS_EMBED_SIZES to the input size (INPUT.AVS.SIZE) "
                     "/ 16, / 8, / 4".format(i, size, size, tuple(x.shape[-2:])))

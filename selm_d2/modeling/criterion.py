@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from detectron2.config import configurable
+from ..utils import ConfigError
 
 __all__ = ["SelMCriterion", "dice_loss"]
 
@@ -70,8 +71,8 @@ class SelMCriterion(nn.Module):
             {"loss_dice", "loss_bce" (binary) or "loss_ce" (semantic), "loss_aux_<i>"}.
         """
         if len(hit_maps) != len(self.aux_weights):
-            raise ValueError("MODEL.SELM.LOSS.AUX_WEIGHTS has {} weights but CLEVER has {} "
-                             "layers".format(len(self.aux_weights), len(hit_maps)))
+            raise ConfigError("MODEL.SELM.LOSS.AUX_WEIGHTS has {} weights but CLEVER has {} "
+                              "layers".format(len(self.aux_weights), len(hit_maps)))
         keys = ["loss_dice", "loss_bce"] if self.binary else ["loss_ce"]
         keys += ["loss_aux_{}".format(i) for i in range(len(hit_maps))]
         if not frame_flags.any():

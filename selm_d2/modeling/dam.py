@@ -15,6 +15,7 @@ its own, so the audio reaches the visual features (a SelM-D2 variant).
 """
 import torch
 from torch import nn
+from ..utils import ConfigError
 
 __all__ = ["DAM", "AUDIO_ATTENTIONS"]
 
@@ -40,8 +41,8 @@ class DAM(nn.Module):
     def __init__(self, dim, audio_dim, dropout=0.0, audio_attention="softmax"):
         super().__init__()
         if audio_attention not in AUDIO_ATTENTIONS:
-            raise ValueError("MODEL.SELM.DAM.AUDIO_ATTENTION={!r} is unknown: use one of {}"
-                             .format(audio_attention, ", ".join(AUDIO_ATTENTIONS)))
+            raise ConfigError("MODEL.SELM.DAM.AUDIO_ATTENTION={!r} is unknown: use one of {}"
+                              .format(audio_attention, ", ".join(AUDIO_ATTENTIONS)))
         self.audio_attention = audio_attention
         self.scale = dim ** -0.5
         self.vis_project = nn.Sequential(_conv(dim, dim), nn.GELU(), nn.Dropout(dropout))

@@ -25,6 +25,7 @@ import itertools
 import os
 
 from .common import SPLITS, read_csv, select_rows
+from ...utils import ConfigError, DataError
 
 __all__ = ["S4_CATEGORIES", "S4Layout", "MS3Layout"]
 
@@ -53,7 +54,7 @@ class _AVSBenchObjectLayout:
 
     def __init__(self, root, split=None, subset=None):
         if subset is not None:
-            raise ValueError(
+            raise ConfigError(
                 "Layout {!r} has no subsets (got subset={!r}); subsets exist only in the "
                 "'avss' layout.".format(self.name, subset)
             )
@@ -95,7 +96,7 @@ class _AVSBenchObjectLayout:
                  for c in self.used}
         missing = [c for c in self.used if found[c] is None]
         if missing:
-            raise ValueError(
+            raise DataError(
                 "{} lacks column(s) {} (header: {}). The {} layout reads the columns {} by "
                 "header name, in any order; add the missing column(s), e.g. from the metadata "
                 "CSV of the official AVSBench release.".format(
@@ -107,7 +108,7 @@ class _AVSBenchObjectLayout:
         """A first row that names no column must be a clip, else it is an unknown header."""
         split = self.columns.index("split")
         if len(first) <= split or first[split] not in SPLITS:
-            raise ValueError(
+            raise DataError(
                 "{}: the first row ({}) names none of the columns {} and is not a clip of "
                 "split {}. Name the columns in the header (or remove the header row to read "
                 "the columns by position in that order).".format(
@@ -118,7 +119,7 @@ class _AVSBenchObjectLayout:
         needed = max(position.values()) + 1
         for line, row in enumerate(rows, start=start):
             if len(row) < needed:
-                raise ValueError(
+                raise DataError(
                     "{} line {}: {} value(s) but column {!r} is number {}; fix or delete the "
                     "line.".format(path, line, len(row),
                                    max(position, key=position.get), needed)

@@ -17,6 +17,7 @@ import os
 import re
 
 from .common import missing_path_error, read_csv, require_file, select_rows
+from ...utils import ConfigError, DataError
 
 __all__ = ["AVSS_CLASSES", "SUBSET_FRAMES", "AVSSLayout", "read_label2idx"]
 
@@ -44,7 +45,7 @@ def read_label2idx(path):
         label2idx = json.load(f)
     names = sorted(label2idx, key=label2idx.get)
     if [label2idx[n] for n in names] != list(range(1, len(names) + 1)):
-        raise ValueError(
+        raise DataError(
             "{} must map every class name to a distinct index 1..N (1 = background); found "
             "values {}.".format(path, sorted(label2idx.values()))
         )
@@ -58,7 +59,7 @@ class AVSSLayout:
 
     def __init__(self, root, split=None, subset=None):
         if subset is not None and subset not in SUBSET_FRAMES:
-            raise ValueError(
+            raise ConfigError(
                 "Unknown AVSS subset {!r}; expected one of {} or None (all).".format(
                     subset, sorted(SUBSET_FRAMES))
             )
@@ -83,7 +84,7 @@ class AVSSLayout:
         header, rows = read_csv(path, "AVSS metadata file")
         missing = [c for c in _COLUMNS if c not in header]
         if missing:
-            raise ValueError(
+            raise DataError(
                 "{} lacks column(s) {} (columns found: {}). Use the metadata.csv of the "
                 "official AVSBench-semantic release.".format(path, missing, header)
             )
@@ -96,12 +97,12 @@ class AVSSLayout:
     @staticmethod
     def _record(row, position, path, line):
         if len(row) <= max(position.values()):
-            raise ValueError("{} line {}: too few values; fix or delete the line.".format(
+            raise DataError("{} line {}: too few values; fix or delete the line.".format(
                 path, line))
         record = {"uid": row[position["uid"]], "subset": row[position["label"]],
                   "split": row[position["split"]]}
         if record["subset"] not in SUBSET_FRAMES:
-            raise ValueError("{} line {}: unknown label (subset) {!r}; expected one of {}.".format(
+            raise DataError("{} line {}: unknown label (subset) {!r}; expected one of {}.".format(
                 path, line, record["subset"], sorted(SUBSET_FRAMES)))
         return record
 
@@ -145,7 +146,7 @@ def _list_frames(frames_dir, expected):
         if ext.lower() in _FRAME_EXTENSIONS and re.fullmatch(r"\d+", stem):
             by_index[int(stem)] = os.path.join(frames_dir, entry)
     if sorted(by_index) != list(range(expected)):
-        raise ValueError(
+        raise DataError(
             "AVSS clip folder {} should hold frames 0..{} (frames/<i>.jpg, {} frames for its "
             "subset) but holds {} frame(s) numbered {}. Restore the missing frames from the "
             "release (python -m selm_d2.data.check_avsbench lists every such clip).".format(

@@ -3,6 +3,7 @@ import csv
 import os
 
 from PIL import Image
+from ...utils import DataError, MissingFileError
 
 __all__ = [
     "SPLITS",
@@ -23,9 +24,9 @@ _HOW_TO_FIX = (
 
 
 def missing_path_error(path, what):
-    """FileNotFoundError for a missing dataset file/folder, saying where data is looked for."""
+    """MissingFileError for a missing dataset file/folder, saying where data is looked for."""
     hint = _HOW_TO_FIX.format(os.getenv("DETECTRON2_DATASETS", "datasets"))
-    return FileNotFoundError("{} not found: expected {}. {}".format(
+    return MissingFileError("{} not found: expected {}. {}".format(
         what, os.path.abspath(path), hint))
 
 
@@ -36,7 +37,7 @@ def require_file(path, what):
     return path
 
 
-class NoClipsSelected(ValueError):
+class NoClipsSelected(DataError):
     """A metadata file lists no clip of the requested split (or subset)."""
 
 
@@ -84,7 +85,7 @@ def select_rows(rows, path, key_name, wanted, key):
 def image_size(path):
     """(height, width) of an image from its header, without decoding the pixels."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(
+        raise MissingFileError(
             "Frame file not found: {}. Run `python -m selm_d2.data.check_avsbench <root>` to "
             "list every missing file of the dataset.".format(path)
         )
@@ -92,7 +93,7 @@ def image_size(path):
         with Image.open(path) as image:
             width, height = image.size
     except (OSError, ValueError) as e:
-        raise ValueError(
+        raise DataError(
             "Cannot read the image header of {} ({}). Replace the file with a valid image; "
             "`python -m selm_d2.data.check_avsbench <root>` lists every such file.".format(
                 path, e)

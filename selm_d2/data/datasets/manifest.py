@@ -24,6 +24,7 @@ import os
 from ...utils import natural_key
 from ..masks import MASK_FORMATS
 from .common import require_file, select_rows
+from ...utils import ConfigError, DataError, MissingFileError
 
 __all__ = ["ManifestLayout"]
 
@@ -37,12 +38,12 @@ class ManifestLayout:
 
     def __init__(self, root, split=None, subset=None):
         if subset is not None:
-            raise ValueError(
+            raise ConfigError(
                 "The 'manifest' layout has no subsets (got subset={!r}); register one dataset "
                 "per manifest or split instead.".format(subset)
             )
         if os.path.splitext(root)[1].lower() not in (".json", ".csv"):
-            raise ValueError(
+            raise ConfigError(
                 "A manifest dataset's root must be the manifest file itself, ending in .json "
                 "or .csv; got {!r} (see datasets/README.md, 'Your own data').".format(root)
             )
@@ -66,13 +67,13 @@ class ManifestLayout:
                 try:
                     content = json.load(f)
                 except ValueError as e:
-                    raise ValueError("Manifest {} is not valid JSON: {}".format(path, e)) from e
+                    raise DataError("Manifest {} is not valid JSON: {}".format(path, e)) from e
             clips, default_format = content, "binary"
             if isinstance(content, dict):
                 clips = content.get("clips")
                 default_format = content.get("mask_format", "binary")
             if not isinstance(clips, list):
-                raise ValueError(
+                raise DataError(
                     "Manifest {} must be a JSON list of clips or an object with a \"clips\" "
                     "list.".format(path)
                 )
@@ -86,7 +87,7 @@ class ManifestLayout:
             reader = csv.DictReader(f)
             missing = [c for c in _REQUIRED if c not in (reader.fieldnames or [])]
             if missing:
-                raise ValueError(
+                raise DataError(
                     "Manifest {} lacks column(s) {} (header: {}).".format(
                         path, missing, reader.fieldnames)
                 )
@@ -103,28 +104,28 @@ class ManifestLayout:
     def _checked(self, clip, index, seen):
         where = "Manifest {} clip #{}".format(self.root, index)
         if not isinstance(clip, dict):
-            raise ValueError("{} is a {}, expected an object.".format(where, type(clip).__name__))
+            raise DataError("{} is a {}, expected an object.".format(where, type(clip).__name__))
         missing = [k for k in _REQUIRED if not clip.get(k)]
         if missing:
-            raise ValueError("{} lacks {}.".format(where, missing))
+            raise DataError("{} lacks {}.".format(where, missing))
         clip_id = str(clip["clip_id"])
         if clip_id in seen:
-            raise ValueError("{}: clip_id {!r} is used twice; clip ids must be unique.".format(
+            raise DataError("{}: clip_id {!r} is used twice; clip ids must be unique.".format(
                 where, clip_id))
         seen.add(clip_id)
         if clip["mask_format"] not in MASK_FORMATS:
-            raise ValueError("{} ({}): mask_format {!r} is not one of {}.".format(
+            raise DataError("{} ({}): mask_format {!r} is not one of {}.".format(
                 where, clip_id, clip["mask_format"], MASK_FORMATS))
         frames, masks = clip["frames"], clip.get("masks")
         if not isinstance(frames, (str, list)) or (masks is not None
                                                    and not isinstance(masks, list)):
-            raise ValueError(
+            raise DataError(
                 "{} ({}): 'frames' must be a list or a glob pattern and 'masks' a list.".format(
                     where, clip_id))
         if isinstance(frames, list) and masks is not None and len(masks) != len(frames):
-            raise ValueError("{} ({}): {} masks for {} frames; give one entry per frame (null "
-                             "for unannotated frames).".format(where, clip_id, len(masks),
-                                                               len(frames)))
+            raise DataError("{} ({}): {} masks for {} frames; give one entry per frame (null "
+                            "for unannotated frames).".format(where, clip_id, len(masks),
+                                                              len(frames)))
         return dict(clip, clip_id=clip_id)
 
     def _path(self, path):
@@ -138,7 +139,7 @@ class ManifestLayout:
             pattern = self._path(frames)
             frames = sorted(glob.glob(pattern), key=natural_key)
             if not frames:
-                raise FileNotFoundError(
+                raise MissingFileError(
                     "Manifest {} clip {!r}: no frame matches {}. Check the pattern and that "
                     "paths are relative to the manifest's folder.".format(
                         self.root, record["clip_id"], pattern)
@@ -147,7 +148,7 @@ class ManifestLayout:
             frames = [self._path(p) for p in frames]
         masks = record.get("masks") or [None] * len(frames)
         if len(masks) != len(frames):
-            raise ValueError(
+            raise DataError(
                 "Manifest {} clip {!r}: {} masks for the {} frames its pattern matched; give "
                 "one entry per frame (null for unannotated frames).".format(
                     self.root, record["clip_id"], len(masks), len(frames))

@@ -15,6 +15,7 @@ from .avsbench import S4_CATEGORIES, MS3Layout, S4Layout
 from .avss import AVSS_CLASSES, AVSSLayout, read_label2idx
 from .common import image_size
 from .manifest import ManifestLayout
+from ...utils import ConfigError
 
 __all__ = [
     "BINARY_CLASSES",
@@ -41,7 +42,7 @@ BINARY_COLORS = [[0, 0, 0], [220, 20, 60]]
 def build_layout(root, layout, split=None, subset=None):
     """The parser of `layout` ("avsbench_s4" | "avsbench_ms3" | "avss" | "manifest")."""
     if layout not in LAYOUTS:
-        raise ValueError("Unknown AVS dataset layout {!r}; expected one of {}.".format(
+        raise ConfigError("Unknown AVS dataset layout {!r}; expected one of {}.".format(
             layout, sorted(LAYOUTS)))
     return LAYOUTS[layout](root, split=split, subset=subset)
 

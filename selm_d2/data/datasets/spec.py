@@ -7,6 +7,7 @@ manifest of their own without writing Python.
 from detectron2.data import DatasetCatalog
 
 from .register import LAYOUTS, register_avs_dataset
+from ...utils import ConfigError
 
 __all__ = ["parse_dataset_spec", "register_dataset_specs", "SPLITS"]
 
@@ -26,10 +27,10 @@ def parse_dataset_spec(spec):
     name, sep, rest = spec.partition("=")
     layout, _, location = rest.partition(":")
     if not sep or not name or not location:
-        raise ValueError("--dataset {!r}: expected {}, e.g. my_train=avsbench_ms3:/data/my_tree:"
-                         "train".format(spec, SPEC_FORMAT))
+        raise ConfigError("--dataset {!r}: expected {}, e.g. my_train=avsbench_ms3:/data/my_tree:"
+                          "train".format(spec, SPEC_FORMAT))
     if layout not in LAYOUTS:
-        raise ValueError("--dataset {!r}: unknown layout {!r}; use one of {}".format(
+        raise ConfigError("--dataset {!r}: unknown layout {!r}; use one of {}".format(
             spec, layout, ", ".join(sorted(LAYOUTS))))
     root, _, split = location.rpartition(":")
     if not root or split not in SPLITS:
@@ -46,9 +47,9 @@ def register_dataset_specs(specs):
             names.append(name)
             continue
         if name in DatasetCatalog.list():
-            raise ValueError("--dataset {!r}: the name {!r} is already registered (a built-in "
-                             "dataset or an earlier --dataset); choose another NAME".format(
-                                 spec, name))
+            raise ConfigError("--dataset {!r}: the name {!r} is already registered (a built-in "
+                              "dataset or an earlier --dataset); choose another NAME".format(
+                                  spec, name))
         register_avs_dataset(name, root, layout, split=split)
         _registered[name] = spec
         names.append(name)

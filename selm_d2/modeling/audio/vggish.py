@@ -10,6 +10,7 @@ from torch import nn
 from detectron2.config import configurable
 
 from ..backbone.weights import load_checked_state_dict, read_weights_file
+from ...utils import ConfigError
 
 __all__ = ["VGGish", "load_vggish_weights"]
 
@@ -36,7 +37,7 @@ class VGGish(nn.Module):
         """
         super().__init__()
         if len(channels) != 4 or len(fc_dims) != 3:
-            raise ValueError(
+            raise ConfigError(
                 "VGGish needs 4 MODEL.SELM.AUDIO.CHANNELS and 3 MODEL.SELM.AUDIO.FC_DIMS, got {} "
                 "and {}.".format(list(channels), list(fc_dims))
             )

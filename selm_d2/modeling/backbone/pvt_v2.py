@@ -4,10 +4,11 @@ import re
 
 import timm
 from detectron2.config import configurable
-from detectron2.layers import ShapeSpec
-from detectron2.modeling import BACKBONE_REGISTRY, Backbone
+from detectron2.modeling import BACKBONE_REGISTRY
 
+from .staged import StagedBackbone
 from .weights import load_checked_state_dict, read_weights_file
+from ...utils import ConfigError
 
 __all__ = ["StagedPVTv2", "convert_pvt_v2_names"]
 
@@ -39,7 +40,7 @@ def convert_pvt_v2_names(state_dict):
 
 
 @BACKBONE_REGISTRY.register()
-class StagedPVTv2(Backbone):
+class StagedPVTv2(StagedBackbone):
     """
     timm's PVT-v2 (``pvt_v2_b0`` .. ``pvt_v2_b5``) as a detectron2 backbone with stages
     res2..res5 (strides 4, 8, 16, 32; b1-b5: 64/128/320/512 channels, b0: 32/64/160/256).
@@ -66,14 +67,14 @@ class StagedPVTv2(Backbone):
         super().__init__()
         unknown = [f for f in out_features if f not in _STAGE_NAMES]
         if unknown or not out_features:
-            raise ValueError(
+            raise ConfigError(
                 "MODEL.PVT.OUT_FEATURES must be a non-empty subset of {}, got {}.".format(
                     list(_STAGE_NAMES), list(out_features)
                 )
             )
         available = timm.list_models("pvt_v2_*")
         if variant not in available:
-            raise ValueError(
+            raise ConfigError(
                 "MODEL.PVT.VARIANT must be one of {}, got {!r}.".format(available, variant)
             )
         net = timm.create_model(
@@ -114,52 +115,10 @@ class StagedPVTv2(Backbone):
         """Identity: the first patch embedding belongs to res2 (as in the original PVT-v2)."""
         return x
 
-    def forward_stage(self, name, x):
-        """
-        Run stage ``name`` on [N, C_prev, h, w] (the image for res2) ->
-        [N, C_name, ceil(H / stride), ceil(W / stride)].
-        """
-        if name not in self.stage_names:
-            raise KeyError(
-                "StagedPVTv2 has stages {}, not {!r}.".format(list(self.stage_names), name)
-            )
-        index = self.stage_names.index(name)
+    def _run_stage(self, index, x):
         if index == 0:
             x = self.patch_embed(x)
         return self.stages[index](x)
-
-    def forward(self, x):
-        """
-        Args:
-            x: [N, C, H, W] normalised images.
-
-        Returns:
-            dict[str, Tensor]: the ``out_features`` stage outputs.
-        """
-        if x.dim() != 4:
-            raise ValueError(
-                "StagedPVTv2 takes [N, C, H, W] images, got shape {}.".format(tuple(x.shape))
-            )
-        outputs = {}
-        x = self.forward_stem(x)
-        for name in self.stage_names:
-            x = self.forward_stage(name, x)
-            if name in self._out_features:
-                outputs[name] = x
-        return outputs
-
-    def output_shape(self):
-        return {
-            name: ShapeSpec(
-                channels=self._out_feature_channels[name], stride=self._out_feature_strides[name]
-            )
-            for name in self._out_features
-        }
-
-    @property
-    def stage_channels(self):
-        """{stage name: channels} for every built stage (also those not in out_features)."""
-        return {name: self._out_feature_channels[name] for name in self.stage_names}
 
     def load_pretrained(self, path):
         """

@@ -13,7 +13,9 @@ from detectron2.modeling.backbone.resnet import (
     ResNet,
 )
 
+from .staged import StagedBackbone
 from .weights import load_checked_state_dict, read_weights_file
+from ...utils import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +50,7 @@ def convert_resnet_names(state_dict):
 
 
 @BACKBONE_REGISTRY.register()
-class StagedResNet(ResNet):
+class StagedResNet(StagedBackbone, ResNet):
     """
     detectron2's :class:`ResNet` with its stem and stages callable one at a time.
 
@@ -74,25 +76,25 @@ class StagedResNet(ResNet):
         r = cfg.MODEL.RESNETS
         norm = r.NORM
         if r.DEPTH not in _BLOCKS_PER_STAGE:
-            raise ValueError(
+            raise ConfigError(
                 "MODEL.RESNETS.DEPTH must be one of {}, got {}.".format(
                     sorted(_BLOCKS_PER_STAGE), r.DEPTH
                 )
             )
         if norm == "GN" and (r.STEM_OUT_CHANNELS % 32 or r.RES2_OUT_CHANNELS % 32):
-            raise ValueError(
+            raise ConfigError(
                 "MODEL.RESNETS.NORM 'GN' uses 32 groups: MODEL.RESNETS.STEM_OUT_CHANNELS ({}) and "
                 "RES2_OUT_CHANNELS ({}) must be multiples of 32; use 'BN' for narrower "
                 "models.".format(r.STEM_OUT_CHANNELS, r.RES2_OUT_CHANNELS)
             )
         basic = r.DEPTH in (18, 34)
         if basic and (r.RES5_DILATION != 1 or r.NUM_GROUPS != 1 or any(r.DEFORM_ON_PER_STAGE)):
-            raise ValueError(
+            raise ConfigError(
                 "ResNet-{} (basic blocks) needs MODEL.RESNETS.RES5_DILATION=1, NUM_GROUPS=1 and "
                 "DEFORM_ON_PER_STAGE all False.".format(r.DEPTH)
             )
         if r.RES5_DILATION not in (1, 2):
-            raise ValueError(
+            raise ConfigError(
                 "MODEL.RESNETS.RES5_DILATION must be 1 or 2, got {}.".format(r.RES5_DILATION)
             )
 
@@ -144,13 +146,8 @@ class StagedResNet(ResNet):
         """[N, 3, H, W] image -> [N, STEM_OUT_CHANNELS, H/4, W/4], the input of res2."""
         return self.stem(x)
 
-    def forward_stage(self, name, x):
-        """Run stage ``name`` ("res2".."res5") on the previous stage's (or stem's) output."""
-        if name not in self.stage_names:
-            raise KeyError(
-                "StagedResNet has stages {}, not {!r}.".format(list(self.stage_names), name)
-            )
-        return getattr(self, name)(x)
+    def _run_stage(self, index, x):
+        return self.stages[index](x)
 
     def load_pretrained(self, path):
         """
@@ -177,8 +174,3 @@ class StagedResNet(ResNet):
             shape_hint="Check MODEL.RESNETS.DEPTH, STEM_OUT_CHANNELS, RES2_OUT_CHANNELS, "
             "NUM_GROUPS and WIDTH_PER_GROUP against the network the file was trained with.",
         )
-
-    @property
-    def stage_channels(self):
-        """{stage name: channels} for every built stage (also those not in out_features)."""
-        return {name: self._out_feature_channels[name] for name in self.stage_names}

@@ -14,6 +14,7 @@ from typing import Dict
 import numpy as np
 import torch
 from detectron2.checkpoint.c2_model_loading import convert_basic_c2_names
+from ...utils import ConfigError, DataError, MissingFileError
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ def _read_detectron2_pkl(path):
     with open(path, "rb") as f:
         data = pickle.load(f, encoding="latin1")
     if not isinstance(data, dict):
-        raise ValueError("{} holds a {}, not a dict of weights.".format(path, type(data).__name__))
+        raise DataError("{} holds a {}, not a dict of weights.".format(path, type(data).__name__))
     if "model" in data and "__author__" in data:
         # detectron2 model-zoo format: names are detectron2's already.
         return data["model"]
@@ -65,7 +66,7 @@ def read_weights_file(path: str, config_key: str) -> Dict[str, torch.Tensor]:
         dict[str, Tensor]: CPU tensors.
     """
     if not os.path.isfile(path):
-        raise FileNotFoundError(
+        raise MissingFileError(
             "Pretrained weight file {} (config key {}) does not exist. It only initialises "
             "training; either put the file there, or convert it once with "
             "`python tools/convert_pretrained.py` and start from MODEL.WEIGHTS <converted .pth> "
@@ -75,7 +76,7 @@ def read_weights_file(path: str, config_key: str) -> Dict[str, torch.Tensor]:
     try:
         data = _read_detectron2_pkl(path) if path.endswith(".pkl") else _read_torch_file(path)
     except Exception as e:
-        raise ValueError(
+        raise DataError(
             "Cannot read pretrained weights {} (config key {}): {}: {}. Expected a PyTorch "
             "state dict (.pth) or a detectron2 .pkl file.".format(
                 path, config_key, type(e).__name__, e
@@ -86,7 +87,7 @@ def read_weights_file(path: str, config_key: str) -> Dict[str, torch.Tensor]:
             data = data[key]
             break
     if not isinstance(data, dict):
-        raise ValueError(
+        raise DataError(
             "{} (config key {}) holds a {}, not a state dict of named tensors.".format(
                 path, config_key, type(data).__name__
             )
@@ -98,7 +99,7 @@ def read_weights_file(path: str, config_key: str) -> Dict[str, torch.Tensor]:
         if isinstance(value, torch.Tensor):
             state_dict[name] = value
     if not state_dict:
-        raise ValueError("{} (config key {}) contains no tensors.".format(path, config_key))
+        raise DataError("{} (config key {}) contains no tensors.".format(path, config_key))
     return state_dict
 
 
@@ -139,14 +140,14 @@ def load_checked_state_dict(
         else:
             matched[name] = value
     if mismatched:
-        raise ValueError(
+        raise DataError(
             "Pretrained weights {} (config key {}) do not fit the {} built from the config: "
             "{}. {}".format(
                 path, config_key, type(module).__name__, "; ".join(mismatched[:5]), shape_hint
             )
         )
     if not matched:
-        raise ValueError(
+        raise DataError(
             "No tensor in {} (config key {}) matches {}: the file has keys like [{}], the model "
             "expects keys like [{}]. Is it the weight file for this network?".format(
                 path, config_key, type(module).__name__, _preview(state_dict, 4), _preview(own, 4)
@@ -155,7 +156,7 @@ def load_checked_state_dict(
     incompatible = module.load_state_dict(matched, strict=False)
     missing = incompatible.missing_keys
     if missing and require_all:
-        raise ValueError(
+        raise DataError(
             "Pretrained weights {} (config key {}) lack {} of the {} tensors of {}: {}.".format(
                 path, config_key, len(missing), len(own), type(module).__name__, _preview(missing)
             )
@@ -184,7 +185,7 @@ def load_visual_weights(backbone: torch.nn.Module, path: str):
     if not path:
         return
     if not hasattr(backbone, "load_pretrained"):
-        raise TypeError(
+        raise ConfigError(
             "MODEL.SELM.VISUAL_WEIGHTS is set but the backbone {} cannot load pretrained "
             "files; use StagedResNet or StagedPVTv2, or leave MODEL.SELM.VISUAL_WEIGHTS "
             "empty.".format(type(backbone).__name__)

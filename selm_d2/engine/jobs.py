@@ -1,10 +1,53 @@
-"""Run several ``train_net.py`` commands at once, the CPU threads shared out between them.
-
-Each job gets an equal share of the CPU threads, so that jobs do not oversubscribe the cores.
-Used by ``tools/run_demo.py`` (SelM and, with ``--twin``, its visual-only twin).
-"""
+"""Training runs driven from the tools: ``train_net.py`` commands, run side by side, their
+metrics read back and summarised over seeds."""
+import json
 import os
+import statistics
 import subprocess
+import sys
+
+__all__ = ["train_command", "read_metrics", "mean_std", "format_mean_std", "threads_per_job",
+           "job_env", "run_jobs"]
+
+
+def train_command(config_file, output_dir, opts=()):
+    """argv of ``train_net.py`` that trains ``config_file`` into ``output_dir``, resuming from
+    its last checkpoint, and evaluates once at the end.
+
+    detectron2 evaluates after training (also when ``--resume`` finds training finished), so the
+    one command trains, resumes and evaluates. ``opts``: further ``KEY VALUE`` options.
+    """
+    return [sys.executable, "train_net.py", "--config-file", config_file, "--resume",
+            "OUTPUT_DIR", output_dir, "TEST.EVAL_PERIOD", "0"] + [str(o) for o in opts]
+
+
+def read_metrics(output_dir, dataset_name):
+    """All metrics the AVS evaluator wrote for ``dataset_name`` under ``output_dir``
+    (``inference/<dataset>/avs_results*.json``, the illusion passes' prefixed keys included)."""
+    folder = os.path.join(output_dir, "inference", dataset_name)
+    if not os.path.isdir(folder):
+        raise FileNotFoundError("no evaluation results in {}: did the training finish?".format(folder))
+    metrics = {}
+    for fname in sorted(os.listdir(folder)):
+        if fname.startswith("avs_results") and fname.endswith(".json"):
+            with open(os.path.join(folder, fname)) as f:
+                metrics.update(json.load(f)["metrics"])
+    return metrics
+
+
+def mean_std(values):
+    """(mean, sample standard deviation) of ``values``; the deviation of one value is 0."""
+    values = list(values)
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def format_mean_std(values, digits=1):
+    """``"m ± s"`` over several values, the value alone for one."""
+    values = list(values)
+    mean, std = mean_std(values)
+    if len(values) == 1:
+        return "{:.{d}f}".format(mean, d=digits)
+    return "{:.{d}f} ± {:.{d}f}".format(mean, std, d=digits)
 
 
 def threads_per_job(jobs, cpus=None):

@@ -26,12 +26,17 @@ $(STAMP): setup.py tools/install_detectron2.py tools/fetch_mamba_reference.py Ma
 	@$(PY) -c "import torch, detectron2, selm_d2; print('installed: torch', torch.__version__, '| detectron2', detectron2.__version__)"
 	@touch $(STAMP)
 
+# Test files run on TEST_WORKERS processes (pytest-xdist), each file on one of them, so a
+# file's module-scoped fixtures (the full-size model pairs) are built once.
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+
 test: install
-	$(PY) -m pytest -q
+	$(PYTEST)
 
 # The tests that take seconds: no full-size models, no multi-process runs, no browser.
 test-fast: install
-	$(PY) -m pytest -q -m "not slow and not dist and not browser"
+	$(PYTEST) -m "not slow and not dist and not browser"
 
 demo: install
 	$(PY) tools/run_demo.py

@@ -34,7 +34,8 @@ setup(
         # imageio-ffmpeg bundles an ffmpeg binary: nothing is downloaded at run time.
         "app": ["gradio>=6.31,<7", "imageio-ffmpeg>=0.5"],
         # selenium drives the system Chromium in tests/test_app.py; einops is imported by the
-        # SelM authors' code (and mamba-ssm's) that tests/official.py builds for parity tests.
-        "dev": ["pytest>=7", "selenium>=4.11", "einops"],
+        # SelM authors' code (and mamba-ssm's) that selm_d2/official_code.py builds for parity
+        # tests; pytest-xdist runs the test files on two processes (`make test`).
+        "dev": ["pytest>=7", "pytest-xdist>=3", "selenium>=4.11", "einops"],
     },
 )

@@ -43,3 +43,37 @@ def randomise(module, seed, scale):
 REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
+
+
+def official_clip(pair, seed):
+    """A clip for both sides of an OfficialPair: AVSS as a 7-second clip padded to 10 frames
+    whose second frame has no label, S4 with its first frame annotated only (as S4 training
+    clips are)."""
+    if pair.task == "avss":
+        return pair.random_clip(seed, valid_frames=7, unannotated=[1])
+    if pair.task == "s4":
+        return pair.random_clip(seed, unannotated=range(1, pair.num_frames))
+    return pair.random_clip(seed)
+
+
+def _official_cases():
+    from selm_d2.official import OFFICIAL_CONFIGS
+
+    return sorted(OFFICIAL_CONFIGS)
+
+
+@pytest.fixture(scope="module", params=_official_cases(),
+                ids=["{}-{}".format(*c) for c in _official_cases()])
+def pair(request):
+    """The authors' model of one released (task, backbone) and SelM-D2 with its weights, without
+    dropout or stochastic depth. Module scope: a file's tests of one case run together and build
+    the pair once (a PVT-v2-b5 pair holds about 1.5 GB of weights)."""
+    import official
+    from selm_d2.official_pair import OfficialPair
+
+    official.require_official()
+    return OfficialPair(*request.param, opts=[
+        "MODEL.DEVICE", "cpu",
+        "MODEL.SELM.CLEVER.AUDIO_DROPOUT", "0.0",
+        "MODEL.SELM.CLEVER.GROUPING_DROPOUT", "[0.0, 0.0, 0.0]",
+        "MODEL.PVT.DROP_PATH_RATE", "0.0"])

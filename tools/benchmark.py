@@ -65,6 +65,7 @@ from detectron2.modeling import build_model
 from selm_d2 import load_config
 from selm_d2.engine import Trainer
 from selm_d2.modeling.mamba import selective_scan, selective_scan_ref
+from selm_d2.official_pair import OfficialPair
 from selm_d2.utils import atomic_path, write_text_atomic
 
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
@@ -520,10 +521,9 @@ def bench_avss_memory(device, config=AVSS_CONFIG, output_size=(720, 1280)):
 # --------------------------------------------------------------------------- official
 
 # The six released models of the SelM authors, (task, backbone) as in
-# selm_d2.official.OFFICIAL_CONFIGS, and the authors' folder of each task.
+# selm_d2.official.OFFICIAL_CONFIGS, in the order of the table.
 OFFICIAL_MODELS = (("s4", "R50"), ("s4", "PVT"), ("ms3", "R50"), ("ms3", "PVT"),
                    ("avss", "R50"), ("avss", "PVT"))
-OFFICIAL_FOLDERS = {"s4": "avs_s4", "ms3": "avs_ms3", "avss": "avss"}
 # Targets that the official section prints next to its numbers.
 OFFICIAL_TARGETS = {"inference": 0.8, "train_step": 1.0}
 # Both pipelines resize their masks to 224 x 224: the authors' S4 / MS3 forward hard-codes
@@ -542,9 +542,9 @@ def official_model(text):
     return key
 
 
-def _import_official():
-    """selm_d2.official_code with the authors' code and mamba-ssm loaded; exits with a message
-    when either is missing."""
+def _require_official():
+    """Load the authors' code and mamba-ssm's reference Mamba; exit with a message when either
+    is missing."""
     from selm_d2 import official_code
 
     try:
@@ -553,7 +553,6 @@ def _import_official():
     except official_code.OfficialCodeMissing as exc:
         raise SystemExit("--sections official compares SelM-D2 with the SelM authors' code: "
                          "{}".format(exc)) from None
-    return official_code
 
 
 def _copy_torch_placing_on(device):
@@ -731,105 +730,41 @@ MEMORY_METHODS = {
 }
 
 
-class _OfficialPair:
-    """The authors' model and VGGish of one (task, backbone) and SelM-D2 built from that task's
-    config with their weights (``selm_d2.official.convert_official``), on ``device``, and one
-    clip of random content at the task's input size and frame count for both."""
+class _OfficialPair(OfficialPair):
+    """:class:`OfficialPair` on ``device`` with one clip of random content at the task's input
+    size and frame count, and the four calls the official section times."""
 
-    def __init__(self, official, task, backbone, device, seed=0):
-        from selm_d2.official import OFFICIAL_CONFIGS, convert_official
-
-        self.task, self.backbone, self.device = task, backbone, device
-        folder = OFFICIAL_FOLDERS[task]
-        self.mods = official.load_task(folder)
-        self.ref = official.build_official(folder, backbone, seed=seed)
-        self.vggish = official.build_official_vggish(folder, seed=seed + 1)
+    def __init__(self, task, backbone, device, seed=0):
+        super().__init__(task, backbone, opts=["MODEL.DEVICE", device], seed=seed)
+        self.device = device
         # Their ResNet-50 is built frozen (MS3 trains it frozen for its first epochs);
         # SelM-D2 freezes only through the BACKBONE_FREEZE_ITERS hook of train_net.py: both
         # train every parameter but VGGish's here.
         self.ref.freeze(False)
-        self.config = OFFICIAL_CONFIGS[(task, backbone)]
-        self.cfg = load_cfg(self.config, device)
-        self.model = build_seeded(self.cfg)
-        self.model.load_state_dict(convert_official(self.ref.state_dict(),
-                                                    self.vggish.state_dict()), strict=True)
         self.ref.to(device)
         self.vggish.to(device).eval()  # their training loop runs VGGish in eval, under no_grad
         self.mamba = _official_mamba_blocks(self.ref, device)
-        self.num_frames = self.cfg.INPUT.AVS.NUM_FRAMES
         self.size = self.cfg.INPUT.AVS.SIZE
-        expected = 10 if task == "avss" else 5  # their S4 / MS3 code hard-codes 5 frames
-        if self.num_frames != expected:
-            raise ValueError("{} has INPUT.AVS.NUM_FRAMES {}, the authors' {} model takes {}".format(
-                self.config, self.num_frames, task, expected))
-        self._make_clip(seed + 2)
-
-    def _make_clip(self, seed):
-        g = torch.Generator().manual_seed(seed)
-        t, size = self.num_frames, self.size
-        mask_size = self.cfg.INPUT.AVS.MASK_SIZE or size
-        image = torch.randint(0, 256, (t, 3, size, size), generator=g, dtype=torch.uint8)
-        audio = torch.randn(t, 1, 96, 64, generator=g)
-        valid = torch.ones(t, dtype=torch.bool)  # a full clip: no padded frames
-        flags = torch.ones(t, dtype=torch.bool)
-        if self.task == "avss":
-            classes = torch.randint(1, self.cfg.MODEL.SELM.NUM_CLASSES + 1, (3,), generator=g)
-            palette = torch.cat([torch.zeros(1, dtype=torch.long), classes])
-            sem_seg = palette[torch.randint(0, 4, (t, mask_size, mask_size), generator=g)]
-        else:
-            sem_seg = (torch.rand(t, mask_size, mask_size, generator=g) > 0.6).long()
-            if self.task == "s4":  # S4 training clips annotate their first frame only
-                flags[1:] = False
-        sem_seg[~flags] = 255
-        self.clip = {"image": image, "audio": audio, "frame_valid": valid, "sem_seg": sem_seg,
-                     "frame_mask_flags": flags, "height": OFFICIAL_OUTPUT_SIZE,
-                     "width": OFFICIAL_OUTPUT_SIZE, "clip_id": "bench"}
-        # What the authors' data loader hands their loop (on the CPU): normalised frames,
-        # log-mel examples, the task's ground truth in their loss's layout.
-        mean = torch.tensor(self.cfg.MODEL.PIXEL_MEAN).view(-1, 1, 1)
-        std = torch.tensor(self.cfg.MODEL.PIXEL_STD).view(-1, 1, 1)
-        self.frames = (image.float() - mean) / std
-        self.frame_flags = valid.float()
-        if self.task == "s4":
-            self.target = sem_seg[0:1].float()[:, None, None]  # [1, 1, 1, h, w]
-        elif self.task == "ms3":
-            self.target = sem_seg.float()[:, None]
-        else:
-            labels = sem_seg.clone()
-            labels[~flags] = 0  # weighted 0 by the flags
-            self.target = labels
-        self.target_flags = flags.float()
+        unannotated = range(1, self.num_frames) if task == "s4" else ()  # S4 training clips
+        data = self.random_clip(seed + 2, unannotated=unannotated,
+                                output_size=OFFICIAL_OUTPUT_SIZE)
+        self.clip, self.frames = data["clip"], data["frames"]
+        self.target, self.target_flags = data["target"], data["target_flags"]
 
     def _autocast(self, amp):
         if amp is None:
             return contextlib.nullcontext()
         return torch.autocast(torch.device(self.device).type, dtype=AMP_DTYPES[amp])
 
-    def _reference(self, frames, audio, flags, amp):
-        """Their pipeline: VGGish on the log-mel (under no_grad, as in their loops), then their
-        model, whose forward ends with its resize to 224 x 224."""
-        with torch.no_grad(), self._autocast(amp):
-            embedding = self.vggish(audio)
-        with self._autocast(amp):
-            if self.task == "avss":
-                return self.ref(frames, embedding, flags)
-            return self.ref(frames, embedding)
+    def _reference(self, frames, audio, valid, amp):
+        """Their pipeline, whose forward ends with its resize to 224 x 224."""
+        return self.run_reference(frames, audio, valid, autocast=lambda: self._autocast(amp))
 
     def _inputs(self):
         """The authors' loop moves each batch from the loader to the GPU (``.cuda()``);
         SelM-D2's call moves its clip itself. A no-op on the CPU."""
         return (self.frames.to(self.device), self.clip["audio"].to(self.device),
-                self.frame_flags.to(self.device))
-
-    def _reference_loss(self, output, maps):
-        loss = self.mods.loss
-        if self.task == "avss":
-            total, _ = loss.Seg_Loss(output, self.target.to(self.device),
-                                     self.target_flags.to(self.device), loss_type="bce",
-                                     hitmaps=maps)
-        else:
-            total, _ = loss.Seg_Loss(output, self.target.to(self.device), hitmaps=maps)
-        return total
+                self.clip["frame_valid"].to(self.device))
 
     def calls(self, amp=None):
         """{name: fn}: one inference call and one training step (forward + loss + backward,
@@ -859,7 +794,9 @@ class _OfficialPair:
             output, _, maps = self._reference(*self._inputs(), amp)
             # Their loss in float32, outside autocast: their S4 loss calls nn.BCELoss, which
             # autocast refuses; their S4 / MS3 loops run without AMP, their AVSS loop with it.
-            total = self._reference_loss(output.float(), [m.float() for m in maps])
+            total = self.reference_loss(output.float(), [m.float() for m in maps],
+                                        self.target.to(self.device),
+                                        self.target_flags.to(self.device))
             total.backward()
 
         return {"selm_d2_inference": selm_d2_inference, "official_inference": official_inference,
@@ -881,8 +818,8 @@ def _official_side_by_side(times, part, target):
             "official_ms_rounds": [1000 * s for s in theirs]}
 
 
-def bench_official_pair(official, task, backbone, device, repeats, amp=None):
-    pair = _OfficialPair(official, task, backbone, device)
+def bench_official_pair(task, backbone, device, repeats, amp=None):
+    pair = _OfficialPair(task, backbone, device)
     calls = pair.calls(amp)
     with _OfficialOnDevice([pair.mods.SelM, pair.mods.loss], device):
         # Warm-up round, then ``repeats`` rounds, each one call of the four in turn (the order
@@ -916,10 +853,10 @@ def bench_official(device, repeats, models=OFFICIAL_MODELS, amp=None):
     per clip, one training step and the peak memory of each, on the same clip and weights."""
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device {}: no CUDA device here".format(device))
-    official = _import_official()
+    _require_official()
     rows = []
     for task, backbone in tqdm.tqdm(models, desc="official models", unit="model", leave=False):
-        rows.append(bench_official_pair(official, task, backbone, device, repeats, amp))
+        rows.append(bench_official_pair(task, backbone, device, repeats, amp))
         if torch.device(device).type == "cuda":
             torch.cuda.empty_cache()
     return rows

@@ -49,7 +49,7 @@ APP_CONFIG ?= configs/synth/ms3.yaml
 APP_WEIGHTS ?= output/demo/selm/model_final.pth
 APP_ARGS ?=
 app: install
-	@test -f $(APP_WEIGHTS) || { echo "No trained model at $(APP_WEIGHTS). Run 'make demo' first (it trains the AVS-Synth model and its twin, about 14 min on 2 CPU cores), or give yours: make app APP_CONFIG=configs/ms3/selm_pvt_v2_b5.yaml APP_WEIGHTS=model_final.pth"; exit 1; }
+	@test -f $(APP_WEIGHTS) || { echo "No trained model at $(APP_WEIGHTS). Run 'make demo' first (it trains the AVS-Synth model on the CPU; docs/AVS_SYNTH.md gives its time), or give yours: make app APP_CONFIG=configs/ms3/selm_pvt_v2_b5.yaml APP_WEIGHTS=model_final.pth"; exit 1; }
 	$(PY) demo/app.py --config-file $(APP_CONFIG) $(APP_ARGS) --opts MODEL.WEIGHTS $(APP_WEIGHTS)
 
 clean-demo:

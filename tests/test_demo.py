@@ -1,6 +1,7 @@
 """demo/demo.py writes overlays, label maps, heat maps and a video for binary and AVSS models."""
 import glob
 import os
+import re
 import sys
 
 import cv2
@@ -89,12 +90,17 @@ def test_demo_missing_frames_is_a_clear_error(tmp_path):
         predictor.list_frames(str(tmp_path))
 
 
-def test_demo_refuses_random_weights_unless_asked(synth_clip, tmp_path):
+def test_demo_refuses_random_weights_unless_asked(synth_clip, tmp_path, capsys, monkeypatch):
     frames, wav = synth_clip
     args = ["--config-file", os.path.join(REPO_ROOT, "configs", "synth", "ms3.yaml"),
             "--input", frames, "--audio", wav, "--output", str(tmp_path / "out")]
-    with pytest.raises(ValueError, match="MODEL.WEIGHTS is empty.*--allow-random-weights"):
+    monkeypatch.delenv("SELM_D2_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as exit_info:  # a user's mistake: the message, no traceback
         demo.main(args)
+    assert exit_info.value.code == 2
+    assert re.search("ERROR: MODEL.WEIGHTS is empty.*--allow-random-weights", capsys.readouterr().err)
+    with pytest.raises(ValueError, match="MODEL.WEIGHTS is empty"):
+        demo.main(args + ["--verbose"])
     assert not (tmp_path / "out" / "frame_0.png").exists()
     demo.main(args + ["--allow-random-weights"])
     assert (tmp_path / "out" / "frame_0.png").exists()

@@ -15,7 +15,7 @@ from detectron2.modeling import build_model
 
 from ..config import load_config
 from ..data import AVSClipDatasetMapper
-from ..utils import file_name_key
+from ..utils import ConfigError, DataError, MissingFileError, file_name_key
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp")
 
@@ -49,7 +49,7 @@ class AVSPredictor:
                 (for trying the pipeline only); otherwise that is an error.
         """
         if not cfg.MODEL.WEIGHTS and not allow_random_weights:
-            raise ValueError(
+            raise ConfigError(
                 "MODEL.WEIGHTS is empty: the demo would segment with an untrained, random model. "
                 "Pass a trained checkpoint (--opts MODEL.WEIGHTS output/model_final.pth; `make demo` "
                 "writes one to output/demo/selm/model_final.pth), or --allow-random-weights to run "
@@ -102,7 +102,7 @@ def list_frames(folder):
     frames = sorted((p for p in glob.glob(os.path.join(folder, "*")) if p.lower().endswith(IMAGE_EXTS)),
                     key=file_name_key)
     if not frames:
-        raise FileNotFoundError("no frames ({}) in {}".format(", ".join(IMAGE_EXTS), folder))
+        raise MissingFileError("no frames ({}) in {}".format(", ".join(IMAGE_EXTS), folder))
     return frames
 
 
@@ -116,7 +116,7 @@ def extract_video_frames(video, num_frames, out_dir):
     """
     cap = cv2.VideoCapture(video)
     if not cap.isOpened():
-        raise FileNotFoundError("cannot open video {} (is it a video file OpenCV can decode?)".format(video))
+        raise DataError("cannot open video {} (is it a video file OpenCV can decode?)".format(video))
     fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
     paths, frame, index = [], None, -1
     for second in range(num_frames):
@@ -133,7 +133,7 @@ def extract_video_frames(video, num_frames, out_dir):
         paths.append(path)
     cap.release()
     if not paths:
-        raise ValueError("could not read any frame from {}".format(video))
+        raise DataError("could not read any frame from {}".format(video))
     return paths
 
 

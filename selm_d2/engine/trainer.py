@@ -27,6 +27,7 @@ from ..data import AVSClipDatasetMapper, check_num_classes
 from ..evaluation import AVSEvaluator, model_output_request
 from ..hooks import BackboneFreeze
 from ..modeling.pretrained import load_pretrained_encoders
+from ..utils import ConfigError
 
 __all__ = ["Trainer", "create_ddp_model"]
 
@@ -104,7 +105,7 @@ class Trainer(DefaultTrainer):
         check_num_classes(cfg, [dataset_name])
         evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
         if evaluator_type not in ("avs_binary", "avss"):
-            raise ValueError(
+            raise ConfigError(
                 "dataset '{}' has evaluator_type={!r}; SelM evaluates 'avs_binary' (S4/MS3-style) or "
                 "'avss' datasets: set it in the dataset's Metadata (register_avs_dataset does).".format(
                     dataset_name, evaluator_type)
@@ -153,7 +154,7 @@ class Trainer(DefaultTrainer):
             kwargs = {"momentum": cfg.SOLVER.MOMENTUM, "nesterov": cfg.SOLVER.NESTEROV,
                       "foreach": True}
         else:
-            raise ValueError("SOLVER.OPTIMIZER={!r} is not supported: use ADAMW or SGD".format(cfg.SOLVER.OPTIMIZER))
+            raise ConfigError("SOLVER.OPTIMIZER={!r} is not supported: use ADAMW or SGD".format(cfg.SOLVER.OPTIMIZER))
 
         clip = cfg.SOLVER.CLIP_GRADIENTS
         if clip.ENABLED and clip.CLIP_TYPE == "full_model":

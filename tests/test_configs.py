@@ -27,7 +27,8 @@ ALL_CONFIGS = sorted(os.path.relpath(p, CONFIG_DIR)
                      for p in glob.glob(os.path.join(CONFIG_DIR, "**", "*.yaml"), recursive=True))
 TASK_CONFIGS = ["{}/selm_{}.yaml".format(task, bb) for task in ("s4", "ms3", "avss")
                 for bb in ("R50", "pvt_v2_b5")]
-SYNTH_CONFIGS = ["synth/s4.yaml", "synth/ms3.yaml", "synth/avss.yaml", "synth/avss70.yaml"]
+SYNTH_CONFIGS = ["synth/s4.yaml", "synth/ms3.yaml", "synth/ms3_sigmoid_dam.yaml", "synth/avss.yaml",
+                 "synth/avss70.yaml"]
 BASE_CONFIGS = ["Base-SelM.yaml", "synth/Base-Synth.yaml"]
 
 # task -> (the authors' folder, the metadata file of its clips, its split column)
@@ -254,3 +255,10 @@ def test_unknown_keys_name_the_key_and_where_keys_are_listed(tmp_path):
         load_config(str(config))
     with pytest.raises(ValueError, match="KEY VALUE pairs"):
         load("ms3/selm_R50.yaml", "SOLVER.BASE_LR")
+
+
+def test_sigmoid_dam_variant_differs_from_the_synth_config_only_in_dam():
+    ours, variant = load("synth/ms3.yaml"), load("synth/ms3_sigmoid_dam.yaml")
+    assert ours.MODEL.SELM.DAM.AUDIO_ATTENTION == "softmax"
+    variant.MODEL.SELM.DAM.AUDIO_ATTENTION = "softmax"
+    assert variant == ours

@@ -71,9 +71,11 @@ class Mlp(nn.Sequential):
 
 
 def _conv_gn_relu(in_channels, out_channels, kernel_size, bias):
+    # In-place ReLU, as the authors' conv_layer: GroupNorm's backward needs its input, not its
+    # output, and the full-resolution maps are not copied once more.
     return [nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2,
                       bias=bias),
-            nn.GroupNorm(32, out_channels), nn.ReLU()]
+            nn.GroupNorm(32, out_channels), nn.ReLU(inplace=True)]
 
 
 class Fusion(nn.Module):

@@ -38,8 +38,6 @@ def setup(args):
     return cfg
 
 
-
-
 def check_num_gpus(num_gpus):
     """``--num-gpus`` beyond the visible CUDA devices fails here, not deep inside launch."""
     available = torch.cuda.device_count()

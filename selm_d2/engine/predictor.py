@@ -19,6 +19,7 @@ from ..utils import ConfigError, DataError, MissingFileError, file_name_key
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp")
 
+
 def setup_cfg(config_file, opts, hit_maps=False):
     """A frozen SelM config from a file and ``KEY VALUE`` overrides; on CPU when CUDA is absent.
 

@@ -3,7 +3,6 @@ import argparse
 import logging
 import os
 
-
 from .scene import (
     DEFAULT_CLIPS_PER_SPLIT,
     DEFAULT_SIZE,

@@ -3,7 +3,6 @@ import math
 
 import numpy as np
 
-
 from .scene import CATEGORY_LOOKS, random_stream
 
 

@@ -1,16 +1,12 @@
 """AVS-Synth audio: each category's sound, gated by the seconds its objects sound, mixed with
 background noise."""
-
 import numpy as np
 import scipy.fft
 
-
 from .scene import CODED_SOUNDS, SOUND_BANDS_HZ, random_stream
 
-_AM_DEPTH = 0.8  # amplitude modulation of the made-up categories' tones
-
-
 SAMPLE_RATE = 16000
+_AM_DEPTH = 0.8  # amplitude modulation of the made-up categories' tones
 
 SOURCE_RMS = 0.05  # nominal level of one sounding object (full scale = 1)
 SOURCE_GAIN_DB = 3.0  # per-object level jitter, +-

@@ -19,7 +19,6 @@ from tqdm import tqdm
 from ..audio import load_audio_examples
 from ..masks import avss_palette
 from ...utils import ConfigError, DataError
-
 from .render import label_maps, render_frames
 from .scene import (
     DEFAULT_CLIPS_PER_SPLIT,
@@ -37,13 +36,10 @@ logger = logging.getLogger(__name__)
 
 # Bump when the output for a given seed changes: a re-run then regenerates old data.
 GENERATOR_VERSION = 2  # 2: S4/MS3 log-mel pickles
-
-
 PNG_COMPRESS_LEVEL = 1  # speed over size
 JPEG_QUALITY = 95
 INFO_FILE = "avs_synth_info.json"
 _TMP_PREFIX = ".avs_synth_tmp_"
-
 
 
 def _makedirs_for(path):

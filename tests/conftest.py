@@ -67,10 +67,15 @@ def _official_cases():
 def pair(request):
     """The authors' model of one released (task, backbone) and SelM-D2 with its weights, without
     dropout or stochastic depth. Module scope: a file's tests of one case run together and build
-    the pair once (a PVT-v2-b5 pair holds about 1.5 GB of weights)."""
+    the pair once (a PVT-v2-b5 pair holds about 1.5 GB of weights). A test module's
+    ``skip_case(case)`` may return a reason to skip a case before it is built."""
     import official
     from selm_d2.official_pair import OfficialPair
 
+    skip_case = getattr(request.module, "skip_case", None)
+    reason = skip_case(request.param) if skip_case else None
+    if reason:
+        pytest.skip(reason)
     official.require_official()
     return OfficialPair(*request.param, opts=[
         "MODEL.DEVICE", "cpu",

@@ -70,11 +70,12 @@ def train_pair(root, env, seed, opts=(), twin=False):
     """
     seed_opts = list(opts) + ["SEED", str(seed)]
     selm_dir, twin_dir = os.path.join(root, "selm"), os.path.join(root, "visual_only")
-    runs = [(jobs.train_command(CONFIG, selm_dir, seed_opts + ["TEST.AVS.ILLUSION", "True"]),
+    # The options given last win: the caller's and the seed over the illusion setting.
+    runs = [(jobs.train_command(CONFIG, selm_dir, ["TEST.AVS.ILLUSION", "True"] + seed_opts),
              None)]
     if twin:
-        runs.append((jobs.train_command(CONFIG, twin_dir, seed_opts + [
-            "TEST.AVS.ILLUSION", "False", "INPUT.AVS.AUDIO.SOURCE", "silence"]), twin_dir + ".log"))
+        runs.append((jobs.train_command(CONFIG, twin_dir, ["TEST.AVS.ILLUSION", "False"] + seed_opts
+                                        + ["INPUT.AVS.AUDIO.SOURCE", "silence"]), twin_dir + ".log"))
     for cmd, log in runs:
         print("\n$ " + " ".join(cmd) + ("  > " + log if log else ""), flush=True)
     jobs.run_jobs(runs, jobs.job_env(env, len(runs)), REPO)

@@ -65,6 +65,7 @@ from detectron2.modeling import build_model
 from selm_d2 import load_config
 from selm_d2.engine import Trainer
 from selm_d2.modeling.mamba import selective_scan, selective_scan_ref
+from selm_d2.official import OFFICIAL_CONFIGS
 from selm_d2.official_pair import OfficialPair
 from selm_d2.utils import atomic_path, write_text_atomic
 
@@ -520,10 +521,8 @@ def bench_avss_memory(device, config=AVSS_CONFIG, output_size=(720, 1280)):
 
 # --------------------------------------------------------------------------- official
 
-# The six released models of the SelM authors, (task, backbone) as in
-# selm_d2.official.OFFICIAL_CONFIGS, in the order of the table.
-OFFICIAL_MODELS = (("s4", "R50"), ("s4", "PVT"), ("ms3", "R50"), ("ms3", "PVT"),
-                   ("avss", "R50"), ("avss", "PVT"))
+# The six released models of the SelM authors, (task, backbone), in the order of the table.
+OFFICIAL_MODELS = tuple(OFFICIAL_CONFIGS)
 # Targets that the official section prints next to its numbers.
 OFFICIAL_TARGETS = {"inference": 0.8, "train_step": 1.0}
 # Both pipelines resize their masks to 224 x 224: the authors' S4 / MS3 forward hard-codes

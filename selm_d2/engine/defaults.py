@@ -11,15 +11,18 @@ from detectron2.utils.logger import setup_logger
 
 from ..config import load_config
 
-__all__ = ["setup", "check_num_gpus", "started_by_torchrun", "init_process_group_from_env"]
+__all__ = ["setup", "fall_back_to_cpu", "check_num_gpus", "started_by_torchrun",
+           "init_process_group_from_env"]
 
 logger = logging.getLogger(__name__)
 
 
-def setup(args):
-    """The frozen config of ``args`` (``config_file``, ``opts``) with detectron2's default set-up
-    (output folder, logs, seed); on a machine without CUDA it runs on CPU in float32."""
-    cfg = load_config(args.config_file, args.opts)
+def fall_back_to_cpu(cfg):
+    """Without a CUDA device, run ``cfg`` (not frozen) on CPU in float32.
+
+    Returns:
+        list[str]: the changes made, for the log.
+    """
     changes = []
     if not torch.cuda.is_available():
         if cfg.SOLVER.AMP.ENABLED:
@@ -30,6 +33,14 @@ def setup(args):
             changes.append("MODEL.DEVICE {} -> cpu (no CUDA device is visible)".format(
                 cfg.MODEL.DEVICE))
             cfg.MODEL.DEVICE = "cpu"
+    return changes
+
+
+def setup(args):
+    """The frozen config of ``args`` (``config_file``, ``opts``) with detectron2's default set-up
+    (output folder, logs, seed); on a machine without CUDA it runs on CPU in float32."""
+    cfg = load_config(args.config_file, args.opts)
+    changes = fall_back_to_cpu(cfg)
     cfg.freeze()
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="selm_d2")

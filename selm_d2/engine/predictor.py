@@ -16,6 +16,7 @@ from detectron2.modeling import build_model
 from ..config import load_config
 from ..data import AVSClipDatasetMapper
 from ..utils import ConfigError, DataError, MissingFileError, file_name_key
+from .defaults import fall_back_to_cpu
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp")
 
@@ -29,8 +30,7 @@ def setup_cfg(config_file, opts, hit_maps=False):
     cfg = load_config(config_file, opts)
     if hit_maps:
         cfg.MODEL.SELM.RETURN_MAPS = True
-    if not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"
+    fall_back_to_cpu(cfg)
     cfg.freeze()
     return cfg
 

@@ -376,6 +376,8 @@ def test_staged_encoders_share_the_staged_interface(build):
 
     backbone = build_backbone(build())
     assert isinstance(backbone, StagedBackbone)
+    with pytest.raises(TypeError, match="abstract"):  # the base alone runs no stage
+        StagedBackbone()
     with pytest.raises(KeyError, match="{} has stages".format(type(backbone).__name__)):
         backbone.forward_stage("res9", torch.zeros(1, 3, 32, 32))
 

@@ -1,5 +1,7 @@
 """The interface SelM needs of a visual encoder: its stem and stages, callable one at a time,
 so that DAM can fuse the audio into each stage's output before the next stage runs."""
+from abc import abstractmethod
+
 from detectron2.modeling import Backbone
 
 __all__ = ["StagedBackbone"]
@@ -13,13 +15,13 @@ class StagedBackbone(Backbone):
     Backbone fields) and implement :meth:`forward_stem` and :meth:`_run_stage`.
     """
 
+    @abstractmethod
     def forward_stem(self, x):
         """[N, 3, H, W] normalised images -> the input of the first stage."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _run_stage(self, index, x):
         """Stage ``stage_names[index]`` on the previous stage's (or the stem's) output."""
-        raise NotImplementedError
 
     def forward_stage(self, name, x):
         """Run stage ``name`` on [N, C_prev, h, w] -> [N, stage_channels[name], h', w']."""

@@ -164,6 +164,12 @@ class TokenGrouping(nn.Module):
 class DynamicProjector(nn.Module):
     """Upsample the final map and convolve it (1x1) with weights made from the last token.
 
+    ``vis`` is the authors' upsampling stack ending in a fixed 1x1 conv; the dynamic conv
+    follows it. Both are linear, so the fixed conv is applied to the token's weights (one
+    [num_outputs, d] x [d, d] product per clip) instead of to every pixel of the
+    full-resolution map: the same outputs up to float rounding, without the d-channel map at
+    the output size (the largest tensor of the model) or the conv over it.
+
     Args:
         dim: d.
         num_outputs: mask channels (1 binary, K+1 AVSS).
@@ -178,6 +184,7 @@ class DynamicProjector(nn.Module):
         for _ in range(upsamples):
             layers += [nn.Upsample(scale_factor=2, mode="bilinear"),
                        nn.Sequential(*_conv_gn_relu(dim, dim, 3, bias=False))]
+        # One Sequential with the fixed 1x1 conv last: the authors' parameter names.
         self.vis = nn.Sequential(*layers, nn.Conv2d(dim, dim, 1))
         self.num_outputs = num_outputs
         self.bias = bias
@@ -185,9 +192,16 @@ class DynamicProjector(nn.Module):
 
     def forward(self, features, token):
         """features [N, d, h, w], token [N, d] -> [N, num_outputs, h * 2^upsamples, ...]."""
-        x = self.vis(features)
-        params = self.audio_linear(token).view(x.shape[0], self.num_outputs, -1)
-        out = torch.einsum("nqc,nchw->nqhw", params[..., :x.shape[1]], x)
+        *upsampling, fixed = self.vis
+        x = features
+        for layer in upsampling:
+            x = layer(x)
+        n, d = x.shape[:2]
+        params = self.audio_linear(token).view(n, self.num_outputs, -1)
+        weight = params[..., :d]  # [N, Q, d]
+        # dynamic(fixed(x)) = (weight @ W) x + weight @ b (+ the token's bias)
+        out = torch.einsum("nqc,nchw->nqhw", weight @ fixed.weight.view(d, d), x)
+        out = out + (weight @ fixed.bias)[..., None, None]
         if self.bias:
             out = out + params[..., -1, None, None]
         return out

@@ -7,6 +7,7 @@ from torch.nn import functional as F
 from detectron2.config import get_cfg
 
 from selm_d2.config import add_selm_config
+from selm_d2.utils import cpu_allocation_peak_mb
 from selm_d2.modeling.clever import (
     CLEVER,
     SELM_DECODER_REGISTRY,
@@ -189,6 +190,20 @@ def test_semantic_projector_equals_the_authors_avss_dprojector():
         expected = theirs(features, token)
     assert out.shape == (2, 71, 8, 8)
     torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_projector_holds_two_output_size_maps_at_most():
+    """The full-resolution maps dominate the model's inference memory. The projector holds at
+    most two d-channel maps of the output size at once (a layer's input and output): its fixed
+    1x1 conv acts on the token's weights, each map is freed once the next exists, and oneDNN
+    takes the channels-last maps without copying them into its own layout."""
+    projector = DynamicProjector(D, 1, upsamples=2, bias=True).eval()
+    features, token = torch.randn(2, D, 16, 16), torch.randn(2, D)
+    map_mb = features.numel() * 4 ** 2 * features.element_size() / 2**20  # [2, D, 64, 64]
+    with torch.inference_mode():
+        peak = cpu_allocation_peak_mb(lambda: projector(features, token))
+    assert peak is not None, "this torch's profiler records no allocations"
+    assert peak <= 2.2 * map_mb, (peak, map_mb)
 
 
 # ------------------------------------------------------------------ the decoder

@@ -67,7 +67,7 @@ from selm_d2.engine import Trainer
 from selm_d2.modeling.mamba import selective_scan, selective_scan_ref
 from selm_d2.official import OFFICIAL_CONFIGS
 from selm_d2.official_pair import OfficialPair
-from selm_d2.utils import atomic_path, write_text_atomic
+from selm_d2.utils import atomic_path, cpu_allocation_peak_mb, write_text_atomic
 
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 PAPER_CONFIGS = {"R50": "configs/ms3/selm_R50.yaml", "PVT-v2-b5": "configs/ms3/selm_pvt_v2_b5.yaml"}
@@ -631,36 +631,6 @@ def _nbytes_mb(*modules):
                for t in list(m.parameters()) + list(m.buffers())) / 2**20
 
 
-def _cpu_allocation_peak_mb(fn):
-    """Peak of the CPU tensor memory that ``fn()`` allocates above what was allocated when it
-    started (MB), from torch.profiler's allocation events: each carries the allocator's running
-    total, so the peak is exact and does not depend on what the C library keeps mapped (which
-    the process's RSS does). None where this torch's profiler gives no such events."""
-    try:
-        from torch._C._profiler import _EventType
-        from torch.profiler import ProfilerActivity, profile
-    except ImportError:
-        return None
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    try:
-        stack = list(prof.profiler.kineto_results.experimental_event_tree())
-    except AttributeError:
-        return None
-    events = []
-    while stack:
-        node = stack.pop()
-        if node.tag == _EventType.Allocation and node.extra_fields.device.type == "cpu":
-            fields = node.extra_fields
-            events.append((node.start_time_ns, fields.alloc_size, fields.total_allocated))
-        stack.extend(node.children)
-    if not events:
-        return None
-    events.sort()
-    start = events[0][2] - events[0][1]  # the running total before the first event
-    return max(0, max(total for _, _, total in events) - start) / 2**20
-
-
 class _RssSampler:
     """Peak RSS above the RSS at the start, sampled from /proc/self/statm every ``interval``
     seconds by a thread: the fallback where the profiler gives no allocation events."""
@@ -710,7 +680,7 @@ def _call_peak_mb(fn, device):
         fn()
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - before) / 2**20, "cuda_max_allocated"
-    peak = _cpu_allocation_peak_mb(fn)
+    peak = cpu_allocation_peak_mb(fn)
     if peak is not None:
         return peak, "cpu_profiler_allocations"
     with _RssSampler() as sampler:

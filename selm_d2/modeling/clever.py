@@ -194,8 +194,15 @@ class DynamicProjector(nn.Module):
         """features [N, d, h, w], token [N, d] -> [N, num_outputs, h * 2^upsamples, ...]."""
         *upsampling, fixed = self.vis
         x = features
+        if x.device.type == "cpu":
+            # oneDNN convolves channels-last maps as they are; a contiguous one it first copies
+            # into its blocked layout, which at the output size is the call's peak memory.
+            x = x.contiguous(memory_format=torch.channels_last)
+        # Layer by layer, so that each full-resolution map is freed as soon as the next exists
+        # (a Sequential's caller holds its input until the whole Sequential returns).
         for layer in upsampling:
-            x = layer(x)
+            for step in layer if isinstance(layer, nn.Sequential) else [layer]:
+                x = step(x)
         n, d = x.shape[:2]
         params = self.audio_linear(token).view(n, self.num_outputs, -1)
         weight = params[..., :d]  # [N, Q, d]

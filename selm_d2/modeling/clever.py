@@ -194,9 +194,10 @@ class DynamicProjector(nn.Module):
         """features [N, d, h, w], token [N, d] -> [N, num_outputs, h * 2^upsamples, ...]."""
         *upsampling, fixed = self.vis
         x = features
-        if x.device.type == "cpu":
+        if x.device.type == "cpu" and not torch.is_grad_enabled():
             # oneDNN convolves channels-last maps as they are; a contiguous one it first copies
             # into its blocked layout, which at the output size is the call's peak memory.
+            # Not under autograd: its backward through channels-last maps is the slower one.
             x = x.contiguous(memory_format=torch.channels_last)
         # Layer by layer, so that each full-resolution map is freed as soon as the next exists
         # (a Sequential's caller holds its input until the whole Sequential returns).

@@ -85,7 +85,10 @@ def test_fusion_equals_the_authors_fusion():
     ours.load_state_dict(theirs.state_dict(), strict=True)
     coarse, fine = torch.randn(2, D, 3, 3), torch.randn(2, D, 6, 6)
     with torch.no_grad():
-        torch.testing.assert_close(ours(coarse, fine), theirs(coarse, fine))
+        # At CPU inference the 3x3 convolutions run NNPACK's fast algorithm (fast_conv.py):
+        # rounding of about 1e-5 of the largest output.
+        torch.testing.assert_close(ours(coarse, fine), theirs(coarse, fine), rtol=1e-4,
+                                   atol=1e-4)
 
 
 def test_audio_load_equals_the_authors_load_layer():
@@ -173,7 +176,8 @@ def test_binary_projector_equals_the_authors_dprojector(backbone, upsamples):
         out = ours(features, token)
         expected = theirs(features, token)
     assert out.shape == (3, 1, 3 * 2 ** upsamples, 4 * 2 ** upsamples)
-    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+    # NNPACK's 3x3 convolutions at CPU inference round to about 1e-5 (fast_conv.py).
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
 
 
 def test_semantic_projector_equals_the_authors_avss_dprojector():
@@ -193,17 +197,20 @@ def test_semantic_projector_equals_the_authors_avss_dprojector():
 
 
 def test_projector_holds_two_output_size_maps_at_most():
-    """The full-resolution maps dominate the model's inference memory. The projector holds at
-    most two d-channel maps of the output size at once (a layer's input and output): its fixed
-    1x1 conv acts on the token's weights, each map is freed once the next exists, and oneDNN
-    takes the channels-last maps without copying them into its own layout."""
+    """The full-resolution maps dominate the model's inference memory. On a clip of 5 frames
+    the projector holds at most two d-channel maps of the output size at once (a layer's input
+    and output), plus one band of rows of a frame that the convolution reads and writes (here
+    about 100 of 160 rows: 0.13 map each): its fixed 1x1 conv acts on the token's weights, each
+    map is freed once the next exists, and each band's output is copied into the layer's as
+    it comes. (40 x 40 features: below that, PyTorch's bilinear upsampling allocates more than
+    its output.)"""
     projector = DynamicProjector(D, 1, upsamples=2, bias=True).eval()
-    features, token = torch.randn(2, D, 16, 16), torch.randn(2, D)
-    map_mb = features.numel() * 4 ** 2 * features.element_size() / 2**20  # [2, D, 64, 64]
+    features, token = torch.randn(5, D, 40, 40), torch.randn(5, D)
+    map_mb = features.numel() * 4 ** 2 * features.element_size() / 2**20  # [5, D, 160, 160]
     with torch.inference_mode():
         peak = cpu_allocation_peak_mb(lambda: projector(features, token))
     assert peak is not None, "this torch's profiler records no allocations"
-    assert peak <= 2.2 * map_mb, (peak, map_mb)
+    assert peak <= 2.3 * map_mb, (peak, map_mb)
 
 
 # ------------------------------------------------------------------ the decoder

@@ -23,6 +23,7 @@ from torch.nn import functional as F
 from detectron2.config import configurable
 from detectron2.utils.registry import Registry
 from ..utils import ConfigError
+from .fast_conv import conv_inference
 
 __all__ = ["CLEVER", "SELM_DECODER_REGISTRY", "build_selm_decoder", "gumbel_noise",
            "hard_gumbel_softmax"]
@@ -78,6 +79,24 @@ def _conv_gn_relu(in_channels, out_channels, kernel_size, bias):
             nn.GroupNorm(32, out_channels), nn.ReLU(inplace=True)]
 
 
+def _leaves(layers):
+    """The layers of a (nested) Sequential, in order."""
+    for layer in layers:
+        if isinstance(layer, nn.Sequential):
+            yield from _leaves(layer)
+        else:
+            yield layer
+
+
+def _run_layers(layers, x):
+    """``layers(x)`` for a (nested) Sequential, one leaf layer at a time, so that each map is
+    freed as soon as the next exists (a Sequential's caller holds its input until the whole
+    Sequential returns); convolutions go through ``conv_inference``."""
+    for layer in _leaves(layers):
+        x = conv_inference(layer, x) if isinstance(layer, nn.Conv2d) else layer(x)
+    return x
+
+
 class Fusion(nn.Module):
     """Concatenate two maps (the coarser one upsampled) and mix them with two 3x3 convs."""
 
@@ -91,7 +110,7 @@ class Fusion(nn.Module):
         if coarse.shape[-1] < fine.shape[-1]:
             coarse = F.interpolate(coarse, size=fine.shape[-2:], mode="bilinear",
                                    align_corners=True)
-        return self.fusion(torch.cat((coarse, fine), dim=1))
+        return _run_layers(self.fusion, torch.cat((coarse, fine), dim=1))
 
 
 class AudioLoad(nn.Module):
@@ -193,17 +212,7 @@ class DynamicProjector(nn.Module):
     def forward(self, features, token):
         """features [N, d, h, w], token [N, d] -> [N, num_outputs, h * 2^upsamples, ...]."""
         *upsampling, fixed = self.vis
-        x = features
-        if x.device.type == "cpu" and not torch.is_grad_enabled():
-            # oneDNN convolves channels-last maps as they are; a contiguous one it first copies
-            # into its blocked layout, which at the output size is the call's peak memory.
-            # Not under autograd: its backward through channels-last maps is the slower one.
-            x = x.contiguous(memory_format=torch.channels_last)
-        # Layer by layer, so that each full-resolution map is freed as soon as the next exists
-        # (a Sequential's caller holds its input until the whole Sequential returns).
-        for layer in upsampling:
-            for step in layer if isinstance(layer, nn.Sequential) else [layer]:
-                x = step(x)
+        x = _run_layers(upsampling, features)
         n, d = x.shape[:2]
         params = self.audio_linear(token).view(n, self.num_outputs, -1)
         weight = params[..., :d]  # [N, Q, d]

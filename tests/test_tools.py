@@ -121,6 +121,9 @@ def test_benchmark_quick_runs_every_section(tmp_path):
         row["seconds"])
     assert [r["size"] for r in report["scaling"]["resolution"]] == [64, 96]
     assert len(report["avss_memory"]) == 3 and report["avss_memory"][0]["T"] == 10
+    assert [(r["size"], r["selm_d2_uses_nnpack"]) for r in report["conv3x3"]] == [
+        (16, False), (96, True)]
+    assert "| 32 → 256 (2 × 96²) |" in table and report["conv3x3"][1]["nnpack_workspace_mb"] > 0
 
 
 def test_benchmark_ratios_pair_the_sides_of_each_round():

@@ -19,6 +19,8 @@ and ``scaling.png`` (latency vs frames per clip) into ``--output-dir``. Sections
 - train: one training step (forward + backward + AdamW) of SelM-R50 (224²) and of the
   AVS-Synth model;
 - scan: BCSM's selective scan, vectorised vs step-by-step, fwd + bwd (and mamba-ssm on CUDA);
+- conv3x3: CLEVER's 3x3 convolutions at CPU inference, oneDNN's against NNPACK's, at the sizes
+  of the released models (selm_d2/modeling/fast_conv.py uses NNPACK from MIN_PIXELS up);
 - data: clip loading throughput (5 frames 224², wav decoding + log-mel) with 0, 1, 2 workers;
 - flops: parameters and FLOPs (torch's FlopCounterMode) of one clip through the MS3 configs;
 - avss_memory: peak memory above the model's own footprint of one 10-frame 1280x720 clip
@@ -64,6 +66,7 @@ from detectron2.modeling import build_model
 
 from selm_d2 import load_config
 from selm_d2.engine import Trainer
+from selm_d2.modeling import fast_conv
 from selm_d2.modeling.mamba import selective_scan, selective_scan_ref
 from selm_d2.official import OFFICIAL_CONFIGS
 from selm_d2.official_pair import OfficialPair
@@ -76,7 +79,8 @@ R50_CONFIG = "configs/s4/selm_R50.yaml"
 AVSS_CONFIG = "configs/avss/selm_R50.yaml"
 SYNTH_CONFIG = "configs/synth/ms3.yaml"
 SYNTH_AVSS_CONFIG = "configs/synth/avss.yaml"
-SECTIONS = ("latency", "scaling", "breakdown", "train", "scan", "data", "flops", "avss_memory")
+SECTIONS = ("latency", "scaling", "breakdown", "train", "scan", "conv3x3", "data", "flops",
+            "avss_memory")
 # Sections that run only when --sections names them.
 OPTIONAL_SECTIONS = ("official",)
 # What each section measures, by default and with --quick (the AVS-Synth models, tiny inputs).
@@ -87,6 +91,10 @@ DEFAULT_PLAN = {
     "scaling_frames": (5, 10, 20, 40), "scaling_sizes": (160, 224, 320),
     "breakdown_frames": (5, 40), "scan_length": 1024, "data_clips": 48, "data_size": 224,
     "data_workers": (0, 1, 2), "avss_output_size": (720, 1280),
+    # (input channels, side): CLEVER's Fusion (2 x 256 in) and projector (256) at the sizes
+    # of the released models.
+    "conv3x3_shapes": ((512, 28), (512, 56), (512, 112), (256, 112), (256, 224)),
+    "conv3x3_frames": 5,
 }
 QUICK_PLAN = {
     "paper_configs": {"AVS-Synth": SYNTH_CONFIG}, "r50_config": SYNTH_CONFIG,
@@ -94,7 +102,7 @@ QUICK_PLAN = {
     "train_configs": {"SelM AVS-Synth (configs/synth/ms3.yaml)": (SYNTH_CONFIG, 2)},
     "scaling_frames": (2, 4), "scaling_sizes": (64, 96), "breakdown_frames": (2,),
     "scan_length": 64, "data_clips": 4, "data_size": 64, "data_workers": (0, 1),
-    "avss_output_size": (72, 128),
+    "avss_output_size": (72, 128), "conv3x3_shapes": ((64, 16), (32, 96)), "conv3x3_frames": 2,
 }
 # What a caller can ask SelM to return (keys of the input clip dict), for avss_memory; the
 # evaluator's request is asked of the evaluator itself.
@@ -410,6 +418,58 @@ def bench_scan(device, repeats, length=1024, d_inner=256, d_state=16):
         else:
             result["mamba_ssm_s"] = timeit(fwd_bwd(selective_scan_fn), device, repeats)
     return result
+
+
+def bench_conv3x3(device, repeats, shapes, frames):
+    """CLEVER's 3x3 convolutions (C_in -> 256, padding 1) at CPU inference: oneDNN's
+    (``nn.Conv2d``) against NNPACK's (``fast_conv.conv_inference``, here at every size),
+    interleaved. Each row also says whether SelM-D2 uses NNPACK at that size
+    (``fast_conv.MIN_PIXELS``). Empty on CUDA, where the path does not apply."""
+    if torch.device(device).type != "cpu":
+        return []
+    rows = []
+    for channels, side in tqdm.tqdm(shapes, desc="conv3x3", unit="size", leave=False):
+        conv = torch.nn.Conv2d(channels, 256, 3, padding=1)
+        x = torch.randn(frames, channels, side, side)
+        with torch.inference_mode(), _patched(fast_conv, "MIN_PIXELS", 0):
+            times = interleaved_rounds({"onednn": lambda: conv(x),
+                                        "nnpack": lambda: fast_conv.conv_inference(conv, x)},
+                                       device, repeats, alternate=True)
+        rows.append({"C_in": channels, "C_out": 256, "T": frames, "size": side,
+                     "onednn_s": statistics.median(times["onednn"]),
+                     "nnpack_s": statistics.median(times["nnpack"]),
+                     "nnpack_over_onednn": paired_ratio(times["nnpack"], times["onednn"]),
+                     "selm_d2_uses_nnpack": side * side >= fast_conv.MIN_PIXELS})
+    # spawn: NNPACK's workspace is kept per thread at its largest, so each needs a new process.
+    context = multiprocessing.get_context("spawn")
+    for row in rows:
+        with context.Pool(1) as pool:
+            row["nnpack_workspace_mb"] = pool.apply(_nnpack_workspace_mb, (row["C_in"], row["size"]))
+    return rows
+
+
+def _nnpack_workspace_mb(channels, side):
+    """In a fresh process: MB that NNPACK's first call on one band of a [1, channels, side,
+    side] map adds to the process (RSS growth minus the call's output), which PyTorch's
+    allocator does not see: its workspace, kept for the thread's lifetime."""
+    rows = min(side, fast_conv.band_rows(side))
+    band = torch.randn(1, channels, rows + 2, side)
+    weight = torch.randn(256, channels, 3, 3)
+    if not torch.backends.nnpack.is_available():  # also initialises NNPACK
+        return None
+    before = _proc_status_mb("VmRSS")
+    out = torch._nnpack_spatial_convolution(band, weight, None, [0, 1])
+    return _proc_status_mb("VmRSS") - before - out.numel() * out.element_size() / 2**20
+
+
+@contextlib.contextmanager
+def _patched(owner, name, value):
+    saved = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, saved)
 
 
 def bench_data(clips=48, size=224, workers=(0, 1, 2)):
@@ -959,6 +1019,20 @@ def markdown(report):
         if s.get("mamba_ssm_s") is not None:
             lines.append("| mamba-ssm CUDA kernel | {:.4f} |".format(s["mamba_ssm_s"]))
         lines.append("")
+    if report.get("conv3x3"):
+        lines += ["| 3x3 conv at CPU inference, C_in → 256 (frames × size) | oneDNN (s) | NNPACK (s) "
+                  "| NNPACK / oneDNN | SelM-D2 uses | NNPACK workspace (MB) |",
+                  "|---|---|---|---|---|---|"]
+        for r in report["conv3x3"]:
+            lines.append("| {C_in} → {C_out} ({T} × {size}²) | {onednn_s:.3f} | {nnpack_s:.3f} | "
+                         .format(**r) + "{median:.2f}× ({q1:.2f}–{q3:.2f}) | ".format(
+                             **r["nnpack_over_onednn"])
+                         + ("NNPACK" if r["selm_d2_uses_nnpack"] else "oneDNN")
+                         + " | {} |".format("n/a" if r["nnpack_workspace_mb"] is None
+                                            else "{:.0f}".format(r["nnpack_workspace_mb"])))
+        lines += ["", "NNPACK workspace: RSS growth of a fresh process's first NNPACK call on one "
+                  "band of rows, minus its output; allocated outside PyTorch's allocator (so not in "
+                  "the official section's peak tensor memory) and kept per thread.", ""]
     if "data" in report:
         lines += ["| data loading (5 × {}² frames + wav + log-mel) | ".format(report["data"][0]["size"]) + " | ".join(
             "{workers} workers".format(**r) for r in report["data"]) + " |",
@@ -1077,6 +1151,8 @@ def main(argv=None):
                                              plan["r50_config"]),
         "train": lambda: bench_train(args.device, args.repeats, plan["train_configs"]),
         "scan": lambda: bench_scan(args.device, args.repeats, length=plan["scan_length"]),
+        "conv3x3": lambda: bench_conv3x3(args.device, args.repeats, plan["conv3x3_shapes"],
+                                         plan["conv3x3_frames"]),
         "data": lambda: bench_data(plan["data_clips"], plan["data_size"], plan["data_workers"]),
         "flops": lambda: bench_flops(args.device, plan["paper_configs"]),
         "avss_memory": lambda: bench_avss_memory(args.device, plan["avss_config"],

@@ -27,9 +27,10 @@ $(STAMP): setup.py tools/install_detectron2.py tools/fetch_mamba_reference.py Ma
 	@touch $(STAMP)
 
 # Test files run on TEST_WORKERS processes (pytest-xdist), each file on one of them, so a
-# file's module-scoped fixtures (the full-size model pairs) are built once.
+# file's module-scoped fixtures (the full-size model pairs) are built once. The 15 slowest
+# tests are listed at the end, where the suite's time goes.
 TEST_WORKERS ?= 2
-PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations 15
 
 test: install
 	$(PYTEST)

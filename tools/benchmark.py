@@ -431,6 +431,8 @@ def bench_conv3x3(device, repeats, shapes, frames):
     for channels, side in tqdm.tqdm(shapes, desc="conv3x3", unit="size", leave=False):
         conv = torch.nn.Conv2d(channels, 256, 3, padding=1)
         x = torch.randn(frames, channels, side, side)
+        with torch.inference_mode():
+            uses = fast_conv.nnpack_applies(conv, x)
         with torch.inference_mode(), _patched(fast_conv, "MIN_PIXELS", 0):
             times = interleaved_rounds({"onednn": lambda: conv(x),
                                         "nnpack": lambda: fast_conv.conv_inference(conv, x)},
@@ -439,7 +441,7 @@ def bench_conv3x3(device, repeats, shapes, frames):
                      "onednn_s": statistics.median(times["onednn"]),
                      "nnpack_s": statistics.median(times["nnpack"]),
                      "nnpack_over_onednn": paired_ratio(times["nnpack"], times["onednn"]),
-                     "selm_d2_uses_nnpack": side * side >= fast_conv.MIN_PIXELS})
+                     "selm_d2_uses_nnpack": uses})
     # spawn: NNPACK's workspace is kept per thread at its largest, so each needs a new process.
     context = multiprocessing.get_context("spawn")
     for row in rows:

@@ -16,7 +16,7 @@ from torch.nn import functional as F
 __all__ = ["band_rows", "conv_inference", "nnpack_applies"]
 
 # Smallest output (pixels per frame) that goes to NNPACK: each call transforms the kernels
-# again and starts its own thread pool, which on small maps costs more than it saves
+# again and hands work to its threads, which on small maps costs more than it saves
 # (`python tools/benchmark.py --sections conv3x3` compares the two libraries per size).
 MIN_PIXELS = 8192
 # Output pixels per NNPACK call. Its workspace holds the transforms of the call's whole input

@@ -9,6 +9,8 @@ called here explicitly, and only outside autograd (its backward is the direct on
 PyTorch's own switch turns it off: ``torch.backends.nnpack.set_flags(False)`` (or the
 ``torch.backends.nnpack.flags()`` context) makes every convolution oneDNN's again.
 """
+import math
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -35,10 +37,15 @@ def nnpack_applies(conv, x):
             and conv.stride == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
             and conv.padding_mode == "zeros" and conv.padding in ((0, 0), (1, 1))
             and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
-            and (x.shape[-2] - 2 + 2 * conv.padding[0]) * (x.shape[-1] - 2 + 2 * conv.padding[1])
-            >= MIN_PIXELS
+            and math.prod(_output_size(conv, x)) >= MIN_PIXELS
             and not (torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad))
             and torch._C._get_nnpack_enabled() and torch.backends.nnpack.is_available())
+
+
+def _output_size(conv, x):
+    """(rows, columns) of a 3x3, stride-1 ``conv(x)``."""
+    pad_h, pad_w = conv.padding
+    return x.shape[-2] + 2 * pad_h - 2, x.shape[-1] + 2 * pad_w - 2
 
 
 def band_rows(width):
@@ -56,8 +63,8 @@ def conv_inference(conv, x):
     if not nnpack_applies(conv, x):
         return conv(x)
     pad = conv.padding[0]
-    n, _, h, w = x.shape
-    out_h, out_w = h + 2 * pad - 2, w + 2 * pad - 2
+    n, _, h, _ = x.shape
+    out_h, out_w = _output_size(conv, x)
     out = x.new_empty(n, conv.out_channels, out_h, out_w)
     rows = band_rows(out_w)
     for i in range(n):

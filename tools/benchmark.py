@@ -58,6 +58,7 @@ import resource
 import statistics
 import tempfile
 import time
+import unittest.mock
 
 import torch
 import tqdm
@@ -433,7 +434,7 @@ def bench_conv3x3(device, repeats, shapes, frames):
         x = torch.randn(frames, channels, side, side)
         with torch.inference_mode():
             uses = fast_conv.nnpack_applies(conv, x)
-        with torch.inference_mode(), _patched(fast_conv, "MIN_PIXELS", 0):
+        with torch.inference_mode(), unittest.mock.patch.object(fast_conv, "MIN_PIXELS", 0):
             times = interleaved_rounds({"onednn": lambda: conv(x),
                                         "nnpack": lambda: fast_conv.conv_inference(conv, x)},
                                        device, repeats, alternate=True)
@@ -462,16 +463,6 @@ def _nnpack_workspace_mb(channels, side):
     before = _proc_status_mb("VmRSS")
     out = torch._nnpack_spatial_convolution(band, weight, None, [0, 1])
     return _proc_status_mb("VmRSS") - before - out.numel() * out.element_size() / 2**20
-
-
-@contextlib.contextmanager
-def _patched(owner, name, value):
-    saved = getattr(owner, name)
-    setattr(owner, name, value)
-    try:
-        yield
-    finally:
-        setattr(owner, name, saved)
 
 
 def bench_data(clips=48, size=224, workers=(0, 1, 2)):
@@ -971,6 +962,11 @@ def machine_info(device):
     return info
 
 
+def _ratio_text(ratio):
+    """A ``paired_ratio`` as "median× (q1–q3)"."""
+    return "{median:.2f}× ({q1:.2f}–{q3:.2f})".format(**ratio)
+
+
 def markdown(report):
     m = report["machine"]
     lines = ["Measured on {} ({}, torch {}, {} threads) by `python tools/benchmark.py{}`.".format(
@@ -981,13 +977,11 @@ def markdown(report):
         lines += ["| one clip (frames × size) | SelM (s) | visual backbone alone (s) | backbone + VGGish (s) "
                   "| SelM / backbone | SelM / encoders |", "|---|---|---|---|---|---|"]
 
-        def ratio(r):
-            return "{median:.2f}× ({q1:.2f}–{q3:.2f})".format(**r)
-
         for r in report["latency"]:
             lines.append("| {backbone} ({T} × {size}²) | {selm_s:.3f} | {backbone_alone_s:.3f} | "
                          "{encoders_alone_s:.3f} | ".format(**r)
-                         + "{} | {} |".format(ratio(r["selm_over_backbone"]), ratio(r["selm_over_encoders"])))
+                         + "{} | {} |".format(_ratio_text(r["selm_over_backbone"]),
+                                             _ratio_text(r["selm_over_encoders"])))
         lines += ["", "Seconds: medians over {} interleaved rounds; ratios: the median over rounds of "
                   "that round's ratio (quartiles in brackets).".format(report["latency"][0]["rounds"]), ""]
     if "scaling" in report:
@@ -1027,8 +1021,7 @@ def markdown(report):
                   "|---|---|---|---|---|---|"]
         for r in report["conv3x3"]:
             lines.append("| {C_in} → {C_out} ({T} × {size}²) | {onednn_s:.3f} | {nnpack_s:.3f} | "
-                         .format(**r) + "{median:.2f}× ({q1:.2f}–{q3:.2f}) | ".format(
-                             **r["nnpack_over_onednn"])
+                         .format(**r) + _ratio_text(r["nnpack_over_onednn"]) + " | "
                          + ("NNPACK" if r["selm_d2_uses_nnpack"] else "oneDNN")
                          + " | {} |".format("n/a" if r["nnpack_workspace_mb"] is None
                                             else "{:.0f}".format(r["nnpack_workspace_mb"])))

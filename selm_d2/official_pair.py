@@ -51,13 +51,15 @@ class OfficialPair:
         self.weights = convert_official(self.ref.state_dict(), self.vggish.state_dict())
         self.model.load_state_dict(self.weights, strict=True)
 
-    def random_clip(self, seed, valid_frames=None, unannotated=(), output_size=None):
+    def random_clip(self, seed, valid_frames=None, unannotated=(), output_size=None,
+                    dtype=torch.float32):
         """A clip of random content at the task's input size, for both sides.
 
         Args:
             valid_frames: how many leading frames are real (AVSS pads shorter clips); all if None.
             unannotated: frames without ground truth (S4 training clips: all but the first).
             output_size: the size SelM-D2 is asked to return; the input size if None.
+            dtype: of the log-mel, the normalised frames and the targets (the models' dtype).
         Returns:
             dict: ``clip`` (SelM-D2's mapper-style clip dict: uint8 ``image`` [T, 3, S, S],
             ``audio`` [T, 1, 96, 64], ``frame_valid``, ``sem_seg`` [T, M, M] with 255 on
@@ -69,7 +71,7 @@ class OfficialPair:
         t, size = self.num_frames, self.cfg.INPUT.AVS.SIZE
         mask_size = self.cfg.INPUT.AVS.MASK_SIZE or size
         image = torch.randint(0, 256, (t, 3, size, size), generator=g, dtype=torch.uint8)
-        audio = torch.randn(t, 1, 96, 64, generator=g)
+        audio = torch.randn(t, 1, 96, 64, generator=g, dtype=dtype)
         valid = torch.ones(t, dtype=torch.bool)
         if valid_frames is not None:
             valid[valid_frames:] = False
@@ -84,17 +86,17 @@ class OfficialPair:
         out = output_size or size
         clip = {"image": image, "audio": audio, "frame_valid": valid, "sem_seg": sem_seg,
                 "frame_mask_flags": flags, "height": out, "width": out, "clip_id": "pair"}
-        mean = torch.tensor(self.cfg.MODEL.PIXEL_MEAN).view(-1, 1, 1)
-        std = torch.tensor(self.cfg.MODEL.PIXEL_STD).view(-1, 1, 1)
+        mean = torch.tensor(self.cfg.MODEL.PIXEL_MEAN, dtype=dtype).view(-1, 1, 1)
+        std = torch.tensor(self.cfg.MODEL.PIXEL_STD, dtype=dtype).view(-1, 1, 1)
         if self.task == "s4":  # their S4 loss scores the first frame: [1, 1, 1, M, M]
-            target = sem_seg[0:1].float()[:, None, None]
+            target = sem_seg[0:1].to(dtype)[:, None, None]
         elif self.task == "ms3":
-            target = sem_seg.float()[:, None]
+            target = sem_seg.to(dtype)[:, None]
         else:
             target = sem_seg.clone()
             target[~flags] = 0  # frames without ground truth are weighted 0 by the flags
-        return {"clip": clip, "frames": (image.float() - mean) / std, "target": target,
-                "target_flags": flags.float()}
+        return {"clip": clip, "frames": (image.to(dtype) - mean) / std, "target": target,
+                "target_flags": flags.to(dtype)}
 
     def run_reference(self, frames, audio, valid, autocast=contextlib.nullcontext):
         """Their pipeline: VGGish on the log-mel under no_grad (as in their loops), then their

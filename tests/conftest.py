@@ -45,15 +45,22 @@ if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
 
-def official_clip(pair, seed):
+# SelM-D2 on CPU without dropout or stochastic depth, as the parity tests run it.
+PARITY_OPTS = ["MODEL.DEVICE", "cpu",
+               "MODEL.SELM.CLEVER.AUDIO_DROPOUT", "0.0",
+               "MODEL.SELM.CLEVER.GROUPING_DROPOUT", "[0.0, 0.0, 0.0]",
+               "MODEL.PVT.DROP_PATH_RATE", "0.0"]
+
+
+def official_clip(pair, seed, dtype=torch.float32):
     """A clip for both sides of an OfficialPair: AVSS as a 7-second clip padded to 10 frames
     whose second frame has no label, S4 with its first frame annotated only (as S4 training
     clips are)."""
     if pair.task == "avss":
-        return pair.random_clip(seed, valid_frames=7, unannotated=[1])
+        return pair.random_clip(seed, valid_frames=7, unannotated=[1], dtype=dtype)
     if pair.task == "s4":
-        return pair.random_clip(seed, unannotated=range(1, pair.num_frames))
-    return pair.random_clip(seed)
+        return pair.random_clip(seed, unannotated=range(1, pair.num_frames), dtype=dtype)
+    return pair.random_clip(seed, dtype=dtype)
 
 
 def _official_cases():
@@ -77,8 +84,4 @@ def pair(request):
     if reason:
         pytest.skip(reason)
     official.require_official()
-    return OfficialPair(*request.param, opts=[
-        "MODEL.DEVICE", "cpu",
-        "MODEL.SELM.CLEVER.AUDIO_DROPOUT", "0.0",
-        "MODEL.SELM.CLEVER.GROUPING_DROPOUT", "[0.0, 0.0, 0.0]",
-        "MODEL.PVT.DROP_PATH_RATE", "0.0"])
+    return OfficialPair(*request.param, opts=PARITY_OPTS)

@@ -2,6 +2,7 @@
 and the same gradient on every parameter, for the released models (the ``pair`` fixture of
 conftest.py). Both decoders get the same injected Gumbel noise; dropout is off on both sides.
 """
+import functools
 import os
 
 import pytest
@@ -9,9 +10,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from conftest import official_clip
+from conftest import PARITY_OPTS, official_clip
 from selm_d2.modeling import clever as clever_module
 from selm_d2.official import convert_official
+from selm_d2.official_pair import OfficialPair
 
 pytestmark = pytest.mark.slow
 
@@ -77,18 +79,8 @@ def skip_case(case):
     return None
 
 
-def test_training_step_matches_the_authors_code(pair, monkeypatch):
-    """One training step: the same loss, and the same gradient on every parameter.
-
-    Their DAM InstanceNorms a map that is constant over the pixels (the attended audio of one
-    token): its gradient is 0 in exact arithmetic and rounding divided by sqrt(eps) in
-    floating point, and it reaches every parameter before BCSM. A tensor passes when SelM-D2's
-    gradient is within 5e-4 x max |gradient| of theirs, plus 1e-7 x the largest gradient of
-    the model (float32 rounding), plus twice that InstanceNorm's rounding share of theirs: how
-    much theirs moves when it is computed in float64.
-    """
-    data = official_clip(pair, seed=2)
-    clip = data["clip"]
+def _train_mode(pair):
+    """Both sides in training mode without dropout or stochastic depth."""
     pair.ref.train()
     pair.ref.freeze(False)  # the authors' MS3 ResNet-50 is frozen only for its first epochs
     for module in pair.ref.modules():
@@ -96,23 +88,49 @@ def test_training_step_matches_the_authors_code(pair, monkeypatch):
             module.p = 0.0
         if hasattr(module, "drop_prob"):
             module.drop_prob = 0.0
-    ref_loss, ref_grads = _reference_step(pair, data, monkeypatch)
-
     pair.model.train()
+
+
+def _our_step(pair, clip, monkeypatch):
+    """SelM-D2's loss and {name: parameter} of the trained parameters after one backward."""
     pair.model.zero_grad()
     inject = _NoiseInjector()
     monkeypatch.setattr(clever_module, "gumbel_noise", lambda shape, like, generator=None:
                         inject(shape).to(like))
     loss = sum(pair.model([clip]).values())
     loss.backward()
-
-    assert abs(loss.item() - ref_loss) <= 1e-5 * abs(ref_loss)
+    monkeypatch.undo()
     trained = {name: p for name, p in pair.model.named_parameters() if p.requires_grad}
     assert all(name.startswith("audio_encoder.")  # VGGish is frozen on both sides
                for name, p in pair.model.named_parameters() if not p.requires_grad)
     assert all(p.grad is not None for p in trained.values())
-    differences = {name: ((p.grad - ref_grads[name]).abs().max().item(),
-                          ref_grads[name].abs().max().item()) for name, p in trained.items()}
+    return loss.item(), trained
+
+
+def _differences(trained, ref_grads):
+    """{name: (max |SelM-D2's gradient - theirs|, max |their gradient|)}."""
+    return {name: ((p.grad - ref_grads[name]).abs().max().item(),
+                   ref_grads[name].abs().max().item()) for name, p in trained.items()}
+
+
+def test_training_step_matches_the_authors_code(pair, monkeypatch):
+    """One training step in float32: the same loss, and the same gradient on every parameter.
+
+    Their DAM InstanceNorms a map that is constant over the pixels (the attended audio of one
+    token): its gradient is 0 in exact arithmetic and rounding divided by sqrt(eps) in
+    floating point, and it reaches every parameter before BCSM. A tensor passes when SelM-D2's
+    gradient is within 5e-4 x max |gradient| of theirs, plus 1e-7 x the largest gradient of
+    the model (float32 rounding), plus twice that InstanceNorm's rounding share of theirs: how
+    much theirs moves when it is computed in float64. ``test_training_step_in_float64`` holds
+    the step to 1e-4 x max |gradient| on every tensor.
+    """
+    data = official_clip(pair, seed=2)
+    _train_mode(pair)
+    ref_loss, ref_grads = _reference_step(pair, data, monkeypatch)
+    loss, trained = _our_step(pair, data["clip"], monkeypatch)
+
+    assert abs(loss - ref_loss) <= 1e-5 * abs(ref_loss)
+    differences = _differences(trained, ref_grads)
     # float32 keeps about 7 digits of the largest gradients, which share activations with the
     # small ones: below this, a difference is rounding whatever the tensor's own scale.
     floor = 1e-7 * max(scale for _, scale in differences.values())
@@ -129,3 +147,58 @@ def test_training_step_matches_the_authors_code(pair, monkeypatch):
             assert d <= relative * scale + floor + 2 * own, (name, d, scale, own)
     print("{} of {} gradients within {} x max |gradient|".format(
         len(trained) - len(loose), len(trained), relative))
+
+
+def _at_least_float32(self, memory_format=torch.preserve_format):
+    """``Tensor.float`` that keeps float64 (other dtypes become float32, as with ``float``)."""
+    return self.to(torch.promote_types(self.dtype, torch.float32), memory_format=memory_format)
+
+
+@pytest.fixture
+def s4_r50_float64():
+    """The S4 ResNet-50 pair (the smallest released model: 5 x 224²) in float64."""
+    import official
+
+    official.require_official()
+    pair = OfficialPair("s4", "R50", opts=PARITY_OPTS)
+    for module in (pair.ref, pair.vggish, pair.model):
+        module.double()
+    # The frames given to the authors' model are normalised with the float64 constants.
+    exact = functools.partial(torch.tensor, dtype=torch.float64)
+    pair.model.pixel_mean.copy_(exact(pair.cfg.MODEL.PIXEL_MEAN).view(-1, 1, 1))
+    pair.model.pixel_std.copy_(exact(pair.cfg.MODEL.PIXEL_STD).view(-1, 1, 1))
+    return pair
+
+
+def test_training_step_in_float64(s4_r50_float64, monkeypatch):
+    """One training step with both sides in float64: the loss within 1e-12 relative, and every
+    gradient within 1e-4 x max |gradient| of its tensor.
+
+    The random-weight models are ill-conditioned: their DAM's InstanceNorm of a constant map
+    (above) divides rounding by sqrt(eps), and with train-mode BatchNorm, changing the frames
+    by float32 rounding (1e-7) moves small backbone gradients by up to 6 % (measured in
+    float64). In float64 rounding is 1e-9 times smaller. Both
+    scans (theirs is mamba-ssm's ``selective_scan_ref``) cast to float32 with ``.float()``,
+    which keeps float64 here. Tensors whose gradient is 0 in exact arithmetic (the DAM
+    parameters that only that InstanceNorm reaches) get a floor of 1e-12 x the largest
+    gradient of the model: float64 rounding.
+    """
+    pair = s4_r50_float64
+    data = official_clip(pair, seed=2, dtype=torch.float64)
+    _train_mode(pair)
+    with pytest.MonkeyPatch.context() as keep_float64:
+        keep_float64.setattr(torch.Tensor, "float", _at_least_float32)
+        ref_loss, ref_grads = _reference_step(pair, data, monkeypatch)
+        loss, trained = _our_step(pair, data["clip"], monkeypatch)
+
+    assert abs(loss - ref_loss) <= 1e-12 * abs(ref_loss)
+    differences = _differences(trained, ref_grads)
+    floor = 1e-12 * max(scale for _, scale in differences.values())
+    loose = {name: (d, scale) for name, (d, scale) in differences.items()
+             if d > 1e-4 * scale + floor}
+    assert not loose, loose
+    print("loss {:.1e} relative; gradients: largest difference {:.1e} x the largest gradient, "
+          "worst {:.1e} x max |gradient| of a tensor above the floor".format(
+              abs(loss - ref_loss) / abs(ref_loss),
+              max(d for d, _ in differences.values()) * 1e-12 / floor,
+              max(d / scale for d, scale in differences.values() if scale > floor)))

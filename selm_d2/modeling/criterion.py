@@ -15,6 +15,7 @@ frame). Pixels marked ``ignore_value`` are left out. A batch without any annotat
 returns zeros that still reach every prediction, so distributed training sees gradients for
 every parameter.
 """
+import torch
 from torch import nn
 from torch.nn import functional as F
 
@@ -80,7 +81,8 @@ class SelMCriterion(nn.Module):
             return {key: zero for key in keys}
         logits, targets = logits[frame_flags], targets[frame_flags]
         valid = targets != self.ignore_value
-        foreground = ((targets > 0) & valid).float()
+        # float32 or wider: float64 models get float64 losses
+        foreground = ((targets > 0) & valid).to(torch.promote_types(logits.dtype, torch.float32))
         losses = {}
         if self.binary:
             losses["loss_dice"] = dice_loss(logits[:, 0], foreground, valid)

@@ -85,4 +85,3 @@ def pair(request):
         pytest.skip(reason)
     official.require_official()
     return OfficialPair(*request.param, opts=PARITY_OPTS)
-

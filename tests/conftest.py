@@ -85,3 +85,9 @@ def pair(request):
         pytest.skip(reason)
     official.require_official()
     return OfficialPair(*request.param, opts=PARITY_OPTS)
+
+
+def pytest_collection_modifyitems(items):
+    # xdist's --dist loadfile hands out files in collection order; the longest file (one
+    # worker's share) goes first, so that the other worker takes the rest meanwhile.
+    items.sort(key=lambda item: item.module.__name__ != "test_official_training_parity")

@@ -63,14 +63,14 @@ def official_clip(pair, seed, dtype=torch.float32):
     return pair.random_clip(seed, dtype=dtype)
 
 
-def _official_cases():
+def official_cases():
     from selm_d2.official import OFFICIAL_CONFIGS
 
     return sorted(OFFICIAL_CONFIGS)
 
 
-@pytest.fixture(scope="module", params=_official_cases(),
-                ids=["{}-{}".format(*c) for c in _official_cases()])
+@pytest.fixture(scope="module", params=official_cases(),
+                ids=["{}-{}".format(*c) for c in official_cases()])
 def pair(request):
     """The authors' model of one released (task, backbone) and SelM-D2 with its weights, without
     dropout or stochastic depth. Module scope: a file's tests of one case run together and build

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from conftest import PARITY_OPTS, official_clip
+from conftest import PARITY_OPTS, official_cases, official_clip
 from selm_d2.modeling import clever as clever_module
 from selm_d2.official import convert_official
 from selm_d2.official_pair import OfficialPair
@@ -118,16 +118,16 @@ def _at_least_float32(self, memory_format=torch.preserve_format):
     return self.to(torch.promote_types(self.dtype, torch.float32), memory_format=memory_format)
 
 
-@pytest.fixture
-def s4_r50_float64():
-    """The S4 ResNet-50 pair (the smallest released model: 5 x 224²) in float64. Beside the
-    other xdist worker's tests it exhausted 24 GB, so it runs on request only."""
+@pytest.fixture(params=official_cases(), ids=["{}-{}".format(*c) for c in official_cases()])
+def float64_pair(request):
+    """A released model's pair in float64. Beside the other xdist worker's tests even the
+    smallest (S4 ResNet-50, 5 x 224²) exhausted 24 GB, so it runs on request only."""
     if os.environ.get("SELM_PARITY_FLOAT64") != "1":
         pytest.skip("float64 training step: SELM_PARITY_FLOAT64=1 runs it")
     import official
 
     official.require_official()
-    pair = OfficialPair("s4", "R50", opts=PARITY_OPTS)
+    pair = OfficialPair(*request.param, opts=PARITY_OPTS)
     for module in (pair.ref, pair.vggish, pair.model):
         module.double()
     # The frames given to the authors' model are normalised with the float64 constants.
@@ -137,11 +137,10 @@ def s4_r50_float64():
     return pair
 
 
-def test_training_step_in_float64(s4_r50_float64, monkeypatch):
-    """One training step of S4 ResNet-50, the smallest released model, with both sides in
-    float64: the loss within 1e-12 relative, and every gradient within 1e-4 x max |gradient|
-    of its tensor. (The float64 step of AVSS PVT-v2-b5 does not fit in 24 GB; the others'
-    would take CI too long.)
+def test_training_step_in_float64(float64_pair, monkeypatch):
+    """One training step with both sides in float64: the loss within 1e-12 relative, and every
+    gradient within 1e-4 x max |gradient| of its tensor. docs/MODEL_ZOO.md lists which of the
+    six models fit in 24 GB.
 
     The random-weight models are ill-conditioned: their DAM's InstanceNorm of a constant map
     (below) divides rounding by sqrt(eps), and with train-mode BatchNorm, changing the frames
@@ -152,13 +151,19 @@ def test_training_step_in_float64(s4_r50_float64, monkeypatch):
     InstanceNorm reaches) get a floor of 1e-12 x the largest gradient of the model: float64
     rounding.
     """
-    pair = s4_r50_float64
+    pair = float64_pair
     data = official_clip(pair, seed=2, dtype=torch.float64)
     _train_mode(pair)
-    with pytest.MonkeyPatch.context() as keep_float64:
-        keep_float64.setattr(torch.Tensor, "float", _at_least_float32)
-        ref_loss, ref_grads = _reference_step(pair, data, monkeypatch)
-        loss, trained = _our_step(pair, data["clip"], monkeypatch)
+    # Their AVSS hit-map DICE adds 0.001 to an integer sum: a tensor of the default dtype.
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        with pytest.MonkeyPatch.context() as keep_float64:
+            keep_float64.setattr(torch.Tensor, "float", _at_least_float32)
+            ref_loss, ref_grads = _reference_step(pair, data, monkeypatch)
+            loss, trained = _our_step(pair, data["clip"], monkeypatch)
+    finally:
+        torch.set_default_dtype(default_dtype)
 
     assert abs(loss - ref_loss) <= 1e-12 * abs(ref_loss)
     differences = _differences(trained, ref_grads)

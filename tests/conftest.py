@@ -69,8 +69,12 @@ def official_cases():
     return sorted(OFFICIAL_CONFIGS)
 
 
-@pytest.fixture(scope="module", params=official_cases(),
-                ids=["{}-{}".format(*c) for c in official_cases()])
+def official_case_id(case):
+    """("s4", "R50") -> "s4-R50", the test id that -k selects a released model by."""
+    return "{}-{}".format(*case)
+
+
+@pytest.fixture(scope="module", params=official_cases(), ids=official_case_id)
 def pair(request):
     """The authors' model of one released (task, backbone) and SelM-D2 with its weights, without
     dropout or stochastic depth. Module scope: a file's tests of one case run together and build

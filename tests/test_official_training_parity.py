@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from conftest import PARITY_OPTS, official_cases, official_clip
+from conftest import PARITY_OPTS, official_case_id, official_cases, official_clip
 from selm_d2.modeling import clever as clever_module
 from selm_d2.official import convert_official
 from selm_d2.official_pair import OfficialPair
@@ -118,7 +118,7 @@ def _at_least_float32(self, memory_format=torch.preserve_format):
     return self.to(torch.promote_types(self.dtype, torch.float32), memory_format=memory_format)
 
 
-@pytest.fixture(params=official_cases(), ids=["{}-{}".format(*c) for c in official_cases()])
+@pytest.fixture(params=official_cases(), ids=official_case_id)
 def float64_pair(request):
     """A released model's pair in float64. Beside the other xdist worker's tests even the
     smallest (S4 ResNet-50, 5 x 224²) exhausted 24 GB, so it runs on request only."""
